@@ -1,0 +1,66 @@
+"""The manifest: one parquet row per clip, beside the store, saying what happened to it and how long it took."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import pandas as pd
+
+KEY = ["identity", "video", "clip"]
+STATUSES = ("ok", "failed", "skipped")
+
+# Column order of the file; rows may carry more (they are kept, after these).
+COLUMNS = KEY + [
+    "status",
+    "error",
+    "source_path",
+    "source_sha256",
+    "frames",
+    "fps",
+    "source_frames",
+    "source_fps",
+    "width",
+    "height",
+    "has_audio",
+    "faces_max",
+    "frames_without_face",
+    "config_hash",
+    "seconds_probe",
+    "seconds_analyse",
+    "seconds_write",
+    "seconds_total",
+    "finished_at",
+]
+
+
+def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
+    """The manifest as a DataFrame (empty, with the standard columns, if there is none yet)."""
+    path = Path(path)
+    if not path.exists():
+        return pd.DataFrame(columns=COLUMNS)
+    return pd.read_parquet(path)
+
+
+def upsert_manifest(path: str | os.PathLike, rows: Iterable[Mapping]) -> pd.DataFrame:
+    """Replace the rows of the given clips (matched on identity/video/clip), keep the others, write atomically."""
+    path = Path(path)
+    new = pd.DataFrame(list(rows))
+    if new.empty:
+        return read_manifest(path)
+    bad = set(new["status"]) - set(STATUSES)
+    if bad:
+        raise ValueError(f"unknown manifest status {sorted(bad)}; expected one of {STATUSES}")
+    old = read_manifest(path)
+    if not old.empty:
+        replaced = old.set_index(KEY).index.isin(new.set_index(KEY).index)
+        old = old[~replaced]
+    merged = pd.concat([df for df in (old, new) if not df.empty], ignore_index=True)
+    ordered = [c for c in COLUMNS if c in merged.columns] + [c for c in merged.columns if c not in COLUMNS]
+    merged = merged[ordered].sort_values(KEY, ignore_index=True)
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    merged.to_parquet(partial, index=False)
+    os.replace(partial, path)
+    return merged

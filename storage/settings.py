@@ -1,0 +1,19 @@
+"""Where the project keeps its local state, and the environment defaults that keep it local."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def state_dir() -> Path:
+    """The project checkout when running from one (it holds prefect.yaml), else the current directory."""
+    return PROJECT_ROOT if (PROJECT_ROOT / "prefect.yaml").exists() else Path.cwd()
+
+
+def apply_prefect_defaults() -> None:
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_HOME", str(state_dir() / ".prefect"))

@@ -1,0 +1,258 @@
+"""Video files on disk: probe, decode in batches, write H.264 mp4.
+
+Probing uses PyAV (libav inside a wheel, so it needs no ffprobe binary); decoding uses decord (fast, batched,
+random access); writing pipes raw frames into an ffmpeg process through ffmpeg-python. The ffmpeg binary is the
+system one when present, else the one shipped inside the `imageio-ffmpeg` wheel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+
+class VideoError(RuntimeError):
+    """A file that cannot be used as a video; the message says why in words a user can act on."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What `probe` learns about a file before any frame is decoded."""
+
+    path: str
+    frames: int  # counted video packets (container metadata is often missing or wrong)
+    fps: float  # average frame rate
+    width: int
+    height: int
+    duration: float  # seconds
+    codec: str
+    pixel_format: str
+    has_audio: bool
+    variable_frame_rate: bool
+
+    @property
+    def grayscale(self) -> bool:
+        return self.pixel_format.startswith("gray")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def ffmpeg_exe() -> str:
+    """Path of an ffmpeg binary: the system's, else the one bundled in imageio-ffmpeg."""
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Read stream metadata and count video packets; raise VideoError for anything that is not a usable video."""
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(f"not a readable file: {path}")
+    if not os.access(path, os.R_OK):
+        raise VideoError(f"permission denied: {path}")
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, UnicodeDecodeError) as err:
+        raise VideoError(f"not a media file ({type(err).__name__}: {err})") from err
+    with container:
+        video = next((s for s in container.streams if s.type == "video"), None)
+        has_audio = any(s.type == "audio" for s in container.streams)
+        if video is None:
+            kind = "audio-only file" if has_audio else "no video stream"
+            raise VideoError(f"{kind}: nothing to decode")
+        codec = video.codec_context
+        average = video.average_rate or video.guessed_rate
+        base = video.base_rate or video.guessed_rate
+        frames = _count_packets(container, video)
+        if video.duration is not None:
+            duration = float(video.duration * video.time_base)
+        elif container.duration is not None:
+            duration = container.duration / 1_000_000
+        else:
+            duration = 0.0
+        if average is None and duration > 0:
+            average = Fraction(frames) / Fraction(duration)
+        info = VideoInfo(
+            path=str(path),
+            frames=frames,
+            fps=float(average or 0.0),
+            width=int(codec.width or 0),
+            height=int(codec.height or 0),
+            duration=duration,
+            codec=codec.name or "",
+            pixel_format=codec.pix_fmt or "",
+            has_audio=has_audio,
+            variable_frame_rate=bool(average and base and abs(float(average) - float(base)) > 0.01 * float(base)),
+        )
+    if info.frames == 0:
+        raise VideoError("zero video frames")
+    if info.width == 0 or info.height == 0 or info.fps <= 0:
+        raise VideoError(f"unreadable video stream (size {info.width}x{info.height}, fps {info.fps:g})")
+    return info
+
+
+def _count_packets(container, stream) -> int:
+    try:
+        return sum(1 for packet in container.demux(stream) if packet.size > 0)
+    except Exception as err:  # a truncated file can fail mid-demux; what was read is the count
+        raise VideoError(f"corrupt or truncated file ({type(err).__name__}: {err})") from err
+
+
+def sample_indices(timestamps: np.ndarray, fps: float | None) -> np.ndarray:
+    """Indices of decoded frames to keep: all of them (fps None), or the frame nearest each tick of a `fps` clock.
+
+    `timestamps` are the presentation times of the decoded frames in seconds, so variable-frame-rate files resample
+    correctly: each output tick takes the latest frame shown at that time.
+    """
+    if fps is None or len(timestamps) == 0:
+        return np.arange(len(timestamps))
+    start, end = float(timestamps[0]), float(timestamps[-1])
+    # Tolerances of a thousandth of a frame absorb the rounding of container timestamps.
+    ticks = start + np.arange(int(np.floor((end - start) * fps + 1e-3)) + 1) / fps
+    return np.clip(np.searchsorted(timestamps, ticks + 1e-3 / fps, side="right") - 1, 0, len(timestamps) - 1)
+
+
+class VideoReader:
+    """Batched RGB decoding of one file (decord), optionally resampled to a fixed frame rate.
+
+    Frames come out as uint8 [B, H, W, 3] RGB; grayscale sources are expanded to three channels by the decoder.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float | None = None):
+        import decord
+
+        self.path = str(path)
+        try:
+            self._reader = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=1)
+        except decord.DECORDError as err:
+            raise VideoError(f"cannot decode ({_first_line(err)})") from err
+        count = len(self._reader)
+        if count == 0:
+            raise VideoError("zero decodable frames")
+        timestamps = self._reader.get_frame_timestamp(np.arange(count))[:, 0]
+        self.native_fps = float(self._reader.get_avg_fps())
+        self.fps = float(fps) if fps else self.native_fps
+        self.indices = sample_indices(timestamps, fps)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
+        """Yield consecutive batches of frames in output order; memory holds one batch at a time."""
+        import decord
+
+        for start in range(0, len(self.indices), batch_size):
+            wanted = self.indices[start : start + batch_size]
+            try:
+                yield self._reader.get_batch(wanted.tolist()).asnumpy()
+            except decord.DECORDError as err:
+                raise VideoError(f"decoding failed near frame {int(wanted[0])} ({_first_line(err)})") from err
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+class VideoWriter:
+    """Stream RGB frames into an H.264 mp4 through an ffmpeg process, optionally muxing audio from another file.
+
+    Use as a context manager. The file appears under its final name only after ffmpeg finished successfully, so an
+    interrupted or failed write leaves nothing behind.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        fps: float,
+        size: tuple[int, int],
+        audio_from: str | os.PathLike | None = None,
+        crf: int = 18,
+        pixel_format: str = "yuv420p",
+    ):
+        self.path = Path(path)
+        self.fps = fps
+        self.width, self.height = size
+        self.audio_from = audio_from
+        self.crf = crf
+        self.pixel_format = pixel_format
+        self._partial = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
+        self._process = None
+
+    def __enter__(self) -> "VideoWriter":
+        import ffmpeg
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        video = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{self.width}x{self.height}", r=self.fps)
+        streams = [video]
+        if self.audio_from is not None:
+            streams.append(ffmpeg.input(str(self.audio_from)).audio)
+        output = ffmpeg.output(
+            *streams,
+            str(self._partial),
+            vcodec="libx264",
+            pix_fmt=self.pixel_format,
+            crf=self.crf,
+            r=self.fps,
+            movflags="+faststart",
+            **({"acodec": "aac", "shortest": None} if self.audio_from is not None else {}),
+        )
+        self._process = output.overwrite_output().global_args("-loglevel", "error").run_async(
+            cmd=ffmpeg_exe(), pipe_stdin=True, pipe_stderr=True
+        )
+        return self
+
+    def write(self, frames: np.ndarray) -> None:
+        """Append uint8 frames [B, H, W, 3] (or one frame [H, W, 3])."""
+        frames = np.ascontiguousarray(frames, dtype=np.uint8)
+        if frames.ndim == 3:
+            frames = frames[None]
+        if frames.shape[1:] != (self.height, self.width, 3):
+            raise ValueError(f"frame shape {frames.shape[1:]} != {(self.height, self.width, 3)}")
+        self._process.stdin.write(frames.tobytes())
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._process.stdin.close()
+        stderr = self._process.stderr.read().decode(errors="replace")
+        code = self._process.wait()
+        if exc_type is None and code == 0:
+            os.replace(self._partial, self.path)
+            return
+        self._partial.unlink(missing_ok=True)
+        if exc_type is None:
+            raise VideoError(f"ffmpeg failed writing {self.path} (exit {code}): {stderr.strip()[-2000:]}")
+
+
+def write_video(
+    path: str | os.PathLike,
+    frames: Sequence[np.ndarray] | np.ndarray,
+    fps: float,
+    audio_from: str | os.PathLike | None = None,
+    **options,
+) -> Path:
+    """Write a whole clip at once (small clips and tests); long videos should stream through VideoWriter."""
+    frames = np.asarray(frames)
+    with VideoWriter(path, fps, (frames.shape[2], frames.shape[1]), audio_from=audio_from, **options) as writer:
+        writer.write(frames)
+    return Path(path)

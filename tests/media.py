@@ -1,0 +1,87 @@
+"""Real media files for tests: clips made from the bundled public-domain photographs, and broken files of every kind."""
+
+from __future__ import annotations
+
+import subprocess
+import wave
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+from storage.video import ffmpeg_exe, write_video
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = ROOT / "data" / "demo" / "photos"
+DEMO_VIDEOS = ROOT / "data" / "demo" / "voxceleb"
+
+
+def photo(name: str = "astronaut.jpg") -> np.ndarray:
+    return np.ascontiguousarray(cv2.imread(str(PHOTOS / name))[:, :, ::-1])
+
+
+def face_frames(count: int, size: int = 256, name: str = "astronaut.jpg", drift: float = 2.0) -> np.ndarray:
+    """`count` frames of a face photo, resized so its longest side is `size`, panning slowly."""
+    image = photo(name)
+    scale = size / max(image.shape[:2])
+    image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    canvas = np.zeros((size, size, 3), np.uint8)
+    canvas[: image.shape[0], : image.shape[1]] = image
+    frames = [np.roll(canvas, int(round(i * drift / max(count, 1))), axis=1) for i in range(count)]
+    return np.stack(frames)
+
+
+def write_clip(path: Path, frames: np.ndarray, fps: float = 25, audio: bool = False, **options) -> Path:
+    audio_file = quiet_wav(path.with_suffix(".wav"), len(frames) / fps) if audio else None
+    write_video(path, frames, fps, audio_from=audio_file, **options)
+    if audio_file:
+        audio_file.unlink()
+    return path
+
+
+def quiet_wav(path: Path, seconds: float, rate: int = 16000) -> Path:
+    t = np.arange(int(rate * seconds)) / rate
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(rate)
+        handle.writeframes((0.02 * np.sin(2 * np.pi * 220 * t) * 32767).astype(np.int16).tobytes())
+    return path
+
+
+def audio_only(path: Path, seconds: float = 1.0) -> Path:
+    wav = quiet_wav(path.with_suffix(".wav"), seconds)
+    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", "-i", str(wav), "-c:a", "aac", str(path)], check=True)
+    wav.unlink()
+    return path
+
+
+def zero_frames(path: Path) -> Path:
+    """An mp4 with a video stream that holds no frame."""
+    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "lavfi", "-i", "color=size=64x64:rate=25",
+                    "-frames:v", "0", "-c:v", "libx264", str(path)], check=True)
+    return path
+
+
+def variable_frame_rate(path: Path, frames: np.ndarray, intervals_ms: list[int]) -> Path:
+    """An mp4 whose frames are shown for the given durations (cycled), i.e. a truly variable frame rate."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        pts = 0
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, 1000)
+            pts += intervals_ms[i % len(intervals_ms)]
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+def truncated(path: Path, source: Path, keep: float = 0.5) -> Path:
+    data = source.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path

@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+
+from storage.video import VideoError, VideoReader, VideoWriter, probe, sample_indices
+from tests.media import audio_only, face_frames, truncated, variable_frame_rate, write_clip, zero_frames
+
+
+def test_write_probe_decode_round_trip(tmp_path):
+    frames = face_frames(30, size=128)
+    path = write_clip(tmp_path / "clip.mp4", frames, fps=25, audio=True, crf=0)
+    info = probe(path)
+    assert (info.frames, info.fps, info.width, info.height) == (30, 25.0, 128, 128)
+    assert info.has_audio and not info.variable_frame_rate
+    reader = VideoReader(path)
+    decoded = np.concatenate(list(reader.batches(7)))
+    assert decoded.shape == (30, 128, 128, 3)
+    assert np.abs(decoded.astype(int) - frames).mean() < 3  # crf 0 is near-lossless; yuv420 rounding remains
+
+
+def test_resampling_picks_the_frame_shown_at_each_tick():
+    timestamps = np.arange(60) / 30.0  # 2 s at 30 fps
+    picked = sample_indices(timestamps, 25)
+    assert len(picked) == 50  # ticks 0, 0.04, ..., 1.96
+    assert picked[:6].tolist() == [0, 1, 2, 3, 4, 6]  # floor(k * 30 / 25)
+    assert sample_indices(timestamps, None).tolist() == list(range(60))
+
+
+def test_variable_frame_rate_is_detected_and_resampled_by_time(tmp_path):
+    path = variable_frame_rate(tmp_path / "vfr.mp4", face_frames(20, size=64), [40, 40, 80, 20])
+    info = probe(path)
+    assert info.variable_frame_rate
+    reader = VideoReader(path, fps=25)
+    # 5 cycles of 180 ms = 0.88 s of timestamps (last frame starts at 880 ms): ticks 0..22 at 40 ms
+    assert len(reader) == 23
+    assert sum(len(b) for b in reader.batches(8)) == 23
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p.write_text("not a video"), "not a media file"),
+        (lambda p: audio_only(p), "audio-only"),
+        (lambda p: zero_frames(p), "no video stream"),
+        (lambda p: None, "not a readable file"),
+    ],
+)
+def test_probe_rejects_unusable_files(tmp_path, make, message):
+    path = tmp_path / "bad.mp4"
+    make(path)
+    with pytest.raises(VideoError, match=message):
+        probe(path)
+
+
+def test_truncated_file_fails_to_decode_cleanly(tmp_path):
+    good = write_clip(tmp_path / "good.mp4", face_frames(40, size=64))
+    bad = truncated(tmp_path / "bad.mp4", good)
+    with pytest.raises(VideoError):
+        probe(bad)
+        reader = VideoReader(bad)
+        for _ in reader.batches(8):
+            pass
+
+
+def test_writer_leaves_nothing_behind_on_error(tmp_path):
+    path = tmp_path / "out.mp4"
+    with pytest.raises(ValueError):
+        with VideoWriter(path, 25, (64, 64)) as writer:
+            writer.write(np.zeros((2, 64, 64, 3), np.uint8))
+            writer.write(np.zeros((2, 32, 32, 3), np.uint8))  # wrong size
+    assert list(tmp_path.iterdir()) == []
