@@ -17,3 +17,8 @@ def apply_prefect_defaults() -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_HOME", str(state_dir() / ".prefect"))
+
+
+def default_weights_dir() -> Path:
+    """Weights live in $REENACT_WEIGHTS_DIR, else `weights/` beside the project's local state."""
+    return Path(os.environ.get("REENACT_WEIGHTS_DIR") or state_dir() / "weights")

@@ -1,0 +1,106 @@
+"""`reenact`: the command line. One sub-command per flow, calling the same flow functions the deployments run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import tasks  # noqa: F401  (Prefect environment defaults first)
+from storage.settings import PROJECT_ROOT
+from tasks.preprocess import PreprocessConfig
+from tasks.runners import RunnerConfig
+
+app = typer.Typer(
+    help="One-shot neural face reenactment pipeline (Prefect flows over a Zarr clip store).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+DEMO_VIDEOS = PROJECT_ROOT / "data" / "demo" / "voxceleb"
+_pre = PreprocessConfig.model_fields
+_run = RunnerConfig.model_fields
+
+
+@app.command("preprocess-dataset")
+def preprocess_dataset_command(
+    input: Path = typer.Argument(..., help="A VoxCeleb-layout directory (<identity>/<video>/<clip>.mp4) or a .csv/.parquet list with a 'path' column."),
+    store: Path = typer.Option(Path("outputs/dataset.zarr"), help="The Zarr clip store to create or extend."),
+    fps: Optional[float] = typer.Option(None, help=_pre["fps"].description),
+    detector: str = typer.Option("dlib", help=_pre["detector"].description),
+    weights_dir: Optional[Path] = typer.Option(None, help=_pre["weights_dir"].description),
+    crop_size: int = typer.Option(256, help=_pre["crop_size"].description),
+    box_smoothing: float = typer.Option(2.0, help=_pre["box_smoothing"].description),
+    detect_max_side: int = typer.Option(640, help=_pre["detect_max_side"].description),
+    batch_size: int = typer.Option(32, help=_pre["batch_size"].description),
+    task_runner: str = typer.Option("local", help=_run["kind"].description),
+    workers: int = typer.Option(1, help=_run["workers"].description),
+    dask_address: Optional[str] = typer.Option(None, help=_run["dask_address"].description),
+    input_root: Optional[Path] = typer.Option(None, help="Root that every listed path must stay inside (list files; default: the list's folder)."),
+    limit: Optional[int] = typer.Option(None, help="Process only the first N clips."),
+) -> None:
+    """Decode videos, detect and align faces, and write 256x256 crops, landmarks and boxes to the clip store.
+
+    Re-running skips clips whose source file and settings are unchanged; a killed run leaves no half-written clip.
+    """
+    from flows.preprocess_dataset import preprocess_dataset
+
+    config = PreprocessConfig(fps=fps, detector=detector, weights_dir=str(weights_dir) if weights_dir else None,
+                              crop_size=crop_size, box_smoothing=box_smoothing, detect_max_side=detect_max_side,
+                              batch_size=batch_size)
+    runner = RunnerConfig(kind=task_runner, workers=workers, dask_address=dask_address)
+    summary = preprocess_dataset(input=str(input), store=str(store), config=config, runner=runner,
+                                 input_root=str(input_root) if input_root else None, limit=limit)
+    _print_summary(summary)
+    if summary.failed:
+        raise typer.Exit(code=1 if summary.failed == summary.clips else 0)
+
+
+@app.command()
+def demo(
+    store: Path = typer.Option(Path("outputs/demo.zarr"), help="Where to write the demo clip store."),
+) -> None:
+    """The main job on the embedded defaults: preprocess the bundled demo videos (local Prefect, local Zarr)."""
+    from flows.preprocess_dataset import preprocess_dataset
+
+    summary = preprocess_dataset(input=str(DEMO_VIDEOS), store=str(store), config=PreprocessConfig(fps=25))
+    _print_summary(summary)
+
+
+@app.command("store-info")
+def store_info(store: Path = typer.Argument(..., help="A clip store written by preprocess-dataset.")) -> None:
+    """Show the manifest of a clip store: one line per clip with its status, frames and error."""
+    from storage.manifest import read_manifest
+    from storage.store import ClipStore
+
+    clip_store = ClipStore.open(store, create=False)
+    manifest = read_manifest(clip_store.manifest_path)
+    table = Table("clip", "status", "frames", "fps", "faces", "seconds", "error")
+    for row in manifest.to_dict("records"):
+        table.add_row(f"{row['identity']}/{row['video']}/{row['clip']}", row["status"], _fmt(row.get("frames")),
+                      _fmt(row.get("fps")), _fmt(row.get("faces_max")), _fmt(row.get("seconds_total")),
+                      row.get("error") or "")
+    console.print(table)
+    console.print(f"{len(clip_store.clips())} clips published in {clip_store.root}")
+
+
+def _print_summary(summary) -> None:
+    console.print(
+        f"[bold]{summary.clips} clips[/]: {summary.ok} ok, {summary.skipped} skipped, {summary.failed} failed; "
+        f"{summary.frames} frames in {summary.seconds:.1f} s"
+    )
+    console.print(f"store:    {summary.store}")
+    console.print(f"manifest: {summary.manifest}")
+
+
+def _fmt(value) -> str:
+    if value is None or value != value:  # None or NaN
+        return ""
+    return f"{value:.2f}" if isinstance(value, float) and not value.is_integer() else str(int(value) if isinstance(value, float) else value)
+
+
+if __name__ == "__main__":
+    app()

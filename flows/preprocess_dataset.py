@@ -1,0 +1,86 @@
+"""`preprocess-dataset`: VoxCeleb-style videos -> aligned 256x256 face crops, landmarks and boxes in the clip store."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger, unmapped
+from prefect.futures import as_completed
+from pydantic import BaseModel
+
+import tasks  # noqa: F401
+from storage.inputs import discover
+from storage.manifest import upsert_manifest
+from storage.store import ClipStore
+from tasks.preprocess import PreprocessConfig, detector_for, preprocess_clip_task
+from tasks.progress import progress
+from tasks.runners import RunnerConfig
+
+MANIFEST_EVERY_S = 10.0  # rewrite the manifest at most this often while clips finish
+
+
+class PreprocessSummary(BaseModel):
+    store: str
+    manifest: str
+    clips: int
+    ok: int
+    skipped: int
+    failed: int
+    frames: int
+    seconds: float
+
+
+@flow(name="preprocess-dataset", log_prints=True)
+def preprocess_dataset(
+    input: str,
+    store: str = "outputs/dataset.zarr",
+    config: PreprocessConfig = PreprocessConfig(),
+    runner: RunnerConfig = RunnerConfig(),
+    input_root: str | None = None,
+    limit: int | None = None,
+) -> PreprocessSummary:
+    """Preprocess every clip under `input` (VoxCeleb-layout directory, or a .csv/.parquet list of paths).
+
+    Clips already in the store with the same source hash and config hash are skipped; the manifest gets one row per
+    clip of this run (ok / failed / skipped) and keeps the rows of other clips.
+    """
+    started = time.perf_counter()
+    sources = discover(input, input_root)[:limit]
+    detector_for(config)  # fail fast on a setup problem (unknown detector, missing weights) before any clip
+    clip_store = ClipStore.open(store)
+    cleaned = clip_store.clean_staging()
+    logger = get_run_logger()
+    logger.info("%d clips from %s -> %s%s", len(sources), input, clip_store.root,
+                f" (removed {cleaned} leftovers of an interrupted run)" if cleaned else "")
+    rows = _run_clips.with_options(task_runner=runner.build())(sources, str(clip_store.root), config)
+    upsert_manifest(clip_store.manifest_path, rows)
+    counts = {status: sum(r["status"] == status for r in rows) for status in ("ok", "skipped", "failed")}
+    for row in rows:
+        if row["status"] == "failed":
+            logger.warning("failed %s/%s/%s: %s", row["identity"], row["video"], row["clip"], row["error"])
+    summary = PreprocessSummary(
+        store=str(clip_store.root), manifest=str(clip_store.manifest_path), clips=len(rows),
+        frames=int(sum(r.get("frames") or 0 for r in rows if r["status"] != "failed")),
+        seconds=time.perf_counter() - started, **counts,
+    )
+    logger.info("done: %s", summary.model_dump_json())
+    return summary
+
+
+@flow(name="preprocess-clips")
+def _run_clips(sources, store_path: str, config: PreprocessConfig) -> list[dict]:
+    """Fan the clips out on the chosen task runner; rewrite the manifest as results arrive so a killed run keeps them."""
+    futures = preprocess_clip_task.map(sources, store_path=unmapped(store_path), config=unmapped(config))
+    manifest = Path(store_path) / "manifest.parquet"
+    rows, pending, last_write = [], [], time.monotonic()
+    with progress(total=len(futures), description="clips") as advance:
+        for future in as_completed(futures):
+            row = future.result()
+            rows.append(row)
+            pending.append(row)
+            advance(row["status"])
+            if time.monotonic() - last_write > MANIFEST_EVERY_S:
+                upsert_manifest(manifest, pending)
+                pending, last_write = [], time.monotonic()
+    return rows

@@ -1,0 +1,120 @@
+"""A real run killed mid-way and resumed; the Dask runner with two workers; a deployment run through a real server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from storage.manifest import read_manifest
+from storage.store import ClipStore
+from tests.flows.conftest import BIN, ROOT, stop
+from tests.media import DEMO_VIDEOS
+
+DEMO_CLIPS = 5
+
+
+def _reenact(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([str(BIN / "reenact"), *args], env=env or os.environ.copy(), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kwargs)
+
+
+def _assert_complete(store: ClipStore) -> None:
+    """Every published clip is whole: all arrays present, lengths agree with its attributes, no staging leftovers."""
+    for key in store.clips():
+        clip = store.clip(key)
+        frames = clip.attrs["frames"]
+        assert {"crops", "landmarks", "boxes", "has_face", "faces"} <= set(clip.arrays)
+        assert len(clip) == frames == clip.landmarks.shape[0] == clip.boxes.shape[0]
+        assert clip.frames(frames - 1, frames).any()  # the last chunk was written
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_without_half_written_or_duplicate_clips(tmp_path):
+    store_path = tmp_path / "d.zarr"
+    run = _reenact("preprocess-dataset", str(DEMO_VIDEOS), "--store", str(store_path), "--fps", "25")
+    clips_dir = store_path / "clips"
+    deadline = time.monotonic() + 240
+    while not list(clips_dir.glob("*/*/*/zarr.json")) and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)  # the whole process group, as an OOM killer or a power cut would
+    run.wait()
+    store = ClipStore.open(store_path)
+    done_before = store.clips()
+    assert 1 <= len(done_before) < DEMO_CLIPS, "the kill should land mid-run"
+    _assert_complete(store)
+
+    rerun = _reenact("preprocess-dataset", str(DEMO_VIDEOS), "--store", str(store_path), "--fps", "25")
+    output, _ = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, output
+    assert len(store.clips()) == DEMO_CLIPS
+    _assert_complete(store)
+    manifest = read_manifest(store.manifest_path)
+    assert len(manifest) == DEMO_CLIPS and not manifest.duplicated(["identity", "video", "clip"]).any()
+    skipped = {(r.identity, r.video, r.clip) for r in manifest.itertuples() if r.status == "skipped"}
+    assert skipped == {(k.identity, k.video, k.clip) for k in done_before}
+    assert set(manifest["status"]) <= {"ok", "skipped"}
+    assert not (store.root / ".staging").exists() or not any((store.root / ".staging").iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_dask_runner_with_two_workers(tmp_path, prefect_server):
+    store_path = tmp_path / "d.zarr"
+    run = _reenact("preprocess-dataset", str(DEMO_VIDEOS), "--store", str(store_path), "--fps", "25",
+                   "--task-runner", "dask", "--workers", "2", env=prefect_server)
+    output, _ = run.communicate(timeout=600)
+    assert run.returncode == 0, output
+    store = ClipStore.open(store_path)
+    assert len(store.clips()) == DEMO_CLIPS
+    _assert_complete(store)
+    assert set(read_manifest(store.manifest_path)["status"]) == {"ok"}
+    reference = _single_clip_reference(tmp_path, store)
+    assert np.array_equal(reference, store.clip(store.clips()[0]).frames())
+
+
+def _single_clip_reference(tmp_path: Path, store: ClipStore) -> np.ndarray:
+    """The same clip processed in this process: the Dask workers must have written identical crops."""
+    from flows.preprocess_dataset import preprocess_dataset
+    from tasks.preprocess import PreprocessConfig
+
+    key = store.clips()[0]
+    listing = tmp_path / "one.csv"
+    listing.write_text(f"path\n{key.path}.mp4\n")
+    local = tmp_path / "local.zarr"
+    preprocess_dataset(input=str(listing), store=str(local), config=PreprocessConfig(fps=25), input_root=str(DEMO_VIDEOS))
+    return ClipStore.open(local).clip(key).frames()
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_deployment_run_through_a_real_server(tmp_path, prefect_server):
+    env = prefect_server
+    prefect = str(BIN / "prefect")
+
+    def cli(*args: str, timeout: float = 300) -> str:
+        done = subprocess.run([prefect, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        assert done.returncode == 0, f"prefect {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    cli("work-pool", "create", "local-process", "--type", "process", "--overwrite")
+    cli("--no-prompt", "deploy", "--all")
+    worker = subprocess.Popen([prefect, "worker", "start", "--pool", "local-process"], env=env, cwd=ROOT,
+                              stdout=open(tmp_path / "worker.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        store_path = tmp_path / "d.zarr"
+        out = cli("deployment", "run", "preprocess-dataset/nightly", "--param", f"store={store_path}",
+                  "--param", "limit=2", "--watch", "--watch-timeout", "400", timeout=500)
+        assert "Completed" in out, out
+    finally:
+        stop(worker)
+    store = ClipStore.open(store_path)
+    assert len(store.clips()) == 2
+    _assert_complete(store)
+    assert set(read_manifest(store.manifest_path)["status"]) == {"ok"}
