@@ -44,17 +44,28 @@ def smooth_boxes(boxes: np.ndarray, sigma: float) -> np.ndarray:
     return np.concatenate([centre - half, centre + half], axis=1)
 
 
+def crop_transform(boxes: np.ndarray, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Per box, the map frame pixel -> crop pixel as `crop = frame * scale + offset` (scale [T], offset [T, 2]).
+
+    Pixel centres line up as when cropping and resizing with cv2.resize: crop pixel j + 0.5 sits at
+    x0 + (j + 0.5) / scale in the frame.
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    scale = size / (boxes[:, 2] - boxes[:, 0])
+    offset = (0.5 - boxes[:, :2]) * scale[:, None] - 0.5
+    return scale, offset
+
+
 def crop_faces(frames: np.ndarray, boxes: np.ndarray, size: int = 256) -> np.ndarray:
     """Crop each frame to its box and resize to size x size (bicubic; black where the box leaves the frame)."""
     out = np.empty((len(frames), size, size, 3), np.uint8)
     for i, (frame, box) in enumerate(zip(frames, boxes)):
-        scale = size / (box[2] - box[0])
-        x0, y0 = box[0], box[1]
-        if scale < 0.5:  # shrink first with area averaging, so large frames do not alias
-            factor = int(0.5 / scale)
+        factor = max(1, int(0.5 * (box[2] - box[0]) / size))
+        if factor > 1:  # shrinking by more than 2: average pixels first, so large frames do not alias
             frame = cv2.resize(frame, None, fx=1 / factor, fy=1 / factor, interpolation=cv2.INTER_AREA)
-            scale, x0, y0 = scale * factor, x0 / factor, y0 / factor
-        matrix = np.array([[scale, 0, -x0 * scale], [0, scale, -y0 * scale]], np.float64)
+            box = (np.asarray(box, np.float64) + 0.5) / factor - 0.5
+        (scale,), (offset,) = crop_transform(box, size)
+        matrix = np.array([[scale, 0, offset[0]], [0, scale, offset[1]]], np.float64)
         out[i] = cv2.warpAffine(frame, matrix, (size, size), flags=cv2.INTER_CUBIC,
                                 borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
     return out
@@ -62,8 +73,8 @@ def crop_faces(frames: np.ndarray, boxes: np.ndarray, size: int = 256) -> np.nda
 
 def landmarks_to_crop(landmarks: np.ndarray, boxes: np.ndarray, size: int = 256) -> np.ndarray:
     """Frame-pixel landmarks [T, 68, 2] -> pixel coordinates in each frame's crop."""
-    scale = size / (boxes[:, 2] - boxes[:, 0])
-    return (landmarks - boxes[:, None, :2]) * scale[:, None, None]
+    scale, offset = crop_transform(boxes, size)
+    return landmarks * scale[:, None, None] + offset[:, None, :]
 
 
 def select_faces(faces_per_frame: Sequence[Sequence[Face]], min_iou: float = 0.3) -> tuple[list[Face | None], np.ndarray]:
