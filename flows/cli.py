@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -19,10 +20,22 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
+console = Console(soft_wrap=True)  # messages stay on one line, whole paths included
 DEMO_VIDEOS = PROJECT_ROOT / "data" / "demo" / "voxceleb"
 _pre = PreprocessConfig.model_fields
 _run = RunnerConfig.model_fields
+
+
+@contextmanager
+def user_errors():
+    """Errors in what the user asked for print as one line and exit 2, without a traceback."""
+    from pydantic import ValidationError
+
+    try:
+        yield
+    except (ValueError, FileNotFoundError, ValidationError) as err:  # MissingWeightsError is a FileNotFoundError
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(code=2) from err
 
 
 @app.command("preprocess-dataset")
@@ -48,12 +61,13 @@ def preprocess_dataset_command(
     """
     from flows.preprocess_dataset import preprocess_dataset
 
-    config = PreprocessConfig(fps=fps, detector=detector, weights_dir=str(weights_dir) if weights_dir else None,
-                              crop_size=crop_size, box_smoothing=box_smoothing, detect_max_side=detect_max_side,
-                              batch_size=batch_size)
-    runner = RunnerConfig(kind=task_runner, workers=workers, dask_address=dask_address)
-    summary = preprocess_dataset(input=str(input), store=str(store), config=config, runner=runner,
-                                 input_root=str(input_root) if input_root else None, limit=limit)
+    with user_errors():
+        config = PreprocessConfig(fps=fps, detector=detector, weights_dir=str(weights_dir) if weights_dir else None,
+                                  crop_size=crop_size, box_smoothing=box_smoothing, detect_max_side=detect_max_side,
+                                  batch_size=batch_size)
+        runner = RunnerConfig(kind=task_runner, workers=workers, dask_address=dask_address)
+        summary = preprocess_dataset(input=str(input), store=str(store), config=config, runner=runner,
+                                     input_root=str(input_root) if input_root else None, limit=limit)
     _print_summary(summary)
     if summary.failed:
         raise typer.Exit(code=1 if summary.failed == summary.clips else 0)
@@ -76,7 +90,8 @@ def store_info(store: Path = typer.Argument(..., help="A clip store written by p
     from storage.manifest import read_manifest
     from storage.store import ClipStore
 
-    clip_store = ClipStore.open(store, create=False)
+    with user_errors():
+        clip_store = ClipStore.open(store, create=False)
     manifest = read_manifest(clip_store.manifest_path)
     table = Table("clip", "status", "frames", "fps", "faces", "seconds", "error")
     for row in manifest.to_dict("records"):

@@ -138,9 +138,17 @@ def _analyse(reader: VideoReader, batch: int, config: PreprocessConfig):
 
 def _fill_gaps(landmarks: np.ndarray, has_face: np.ndarray) -> np.ndarray:
     """Frames without a face take the landmarks of the nearest frame with one, so the crop holds still there."""
-    good = np.flatnonzero(has_face)
-    nearest = good[np.abs(np.arange(len(has_face))[:, None] - good[None, :]).argmin(axis=1)]
-    return landmarks[nearest]
+    return landmarks[nearest_true(has_face)]
+
+
+def nearest_true(mask: np.ndarray) -> np.ndarray:
+    """For each position, the index of the nearest True in `mask` (earlier wins a tie); O(T) memory."""
+    good = np.flatnonzero(mask)
+    right = np.clip(np.searchsorted(good, np.arange(len(mask))), 0, len(good) - 1)
+    left = np.clip(right - 1, 0, len(good) - 1)
+    positions = np.arange(len(mask))
+    take_left = np.abs(positions - good[left]) <= np.abs(good[right] - positions)
+    return np.where(take_left, good[left], good[right])
 
 
 def _write(store, source, reader, batch, config, landmarks, boxes, has_face, faces, info, row) -> None:

@@ -1,0 +1,37 @@
+from typer.testing import CliRunner
+
+from flows.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_one_command_per_flow():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("preprocess-dataset", "demo", "store-info"):
+        assert command in result.output
+
+
+def test_preprocess_help_explains_inputs_and_options():
+    result = runner.invoke(app, ["preprocess-dataset", "--help"])
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    for words in ("VoxCeleb-layout directory", "--fps", "--task-runner", "--dask-address", "Re-running skips"):
+        assert words in text
+
+
+def test_store_info_on_a_missing_store_is_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["store-info", str(tmp_path / "none.zarr")])
+    assert result.exit_code == 2
+    assert "run preprocess-dataset first" in result.output
+
+
+def test_unknown_detector_stops_before_any_clip(tmp_path):
+    result = runner.invoke(app, ["preprocess-dataset", str(tmp_path), "--detector", "nope", "--store", str(tmp_path / "s.zarr")])
+    assert result.exit_code == 2
+    assert "unknown face detector 'nope'" in result.output
+
+
+def test_bad_option_values_are_refused_with_the_reason(tmp_path):
+    result = runner.invoke(app, ["preprocess-dataset", str(tmp_path), "--fps", "-3", "--store", str(tmp_path / "s.zarr")])
+    assert result.exit_code == 2 and "greater than 0" in " ".join(result.output.split())
