@@ -1,8 +1,21 @@
 """The crop of the paper's VoxCeleb preprocessing, smoothed over time, and the choice of one face per clip.
 
-Crop geometry (official code, from 68 landmarks): take the landmarks' bounding box; its centre, moved up by a sixth
-of the box's larger side, is the crop's centre; the crop is a square of twice that larger side, padded with black
-where it leaves the frame, resized to 256x256 bicubic. No rotation.
+The official crop (`crop_using_landmarks` in the authors' `ffhq_cropping.py`, used by StelaBou/voxceleb_preprocessing
+and the reenactment repositories), from 68 landmarks:
+
+* centre: the centre of the landmarks' bounding box, moved up by a sixth of the box's larger side e;
+* a square of side 2 e: columns [cx - e, cx + e) and rows [cy - e, cy + e) of the frame;
+* where the square leaves the frame, the frame is padded FFHQ-style: reflected (`cv2.BORDER_REFLECT`), the padding
+  blurred (Gaussian, sigma 5 px) and faded towards the frame's median colour the further it lies from the frame;
+* resized to 256 x 256 with PIL's bicubic filter (which averages when it shrinks); no rotation.
+
+The official script applies it to a pre-cut of each frame (twice VoxCeleb's face box, clipped at the frame's edges),
+so its crops meet padding more often than crops of whole frames do.
+
+Two small departures: the official rounds the centre, the side and the upward shift to whole pixels, here boxes
+stay fractional (they are smoothed over time, and rounding would bring back a half-pixel jitter; PIL resamples a
+fractional box exactly); its median colour is taken over the padded frame after the blur, here before it (the crops
+then differ by at most a few grey levels in the padding, and not at all where the box lies inside the frame).
 """
 
 from __future__ import annotations
@@ -11,64 +24,127 @@ from typing import Sequence
 
 import cv2
 import numpy as np
+from PIL import Image
 from scipy.ndimage import gaussian_filter1d
 
 from models.detect.base import Face
 
-SHIFT_UP = 1 / 6
-SCALE = 2.0
+SHIFT_UP = 1 / 6  # of the landmarks' larger extent
+CROP_PER_EXTENT = 2.0  # crop side per larger landmark extent
+PAD_BLUR_SIGMA = 5.0  # frame pixels
 
 
 def crop_box(landmarks: np.ndarray) -> np.ndarray:
-    """Square crop [x0, y0, x1, y1] (frame pixels) for one face's 68 landmarks."""
-    (x0, y0), (x1, y1) = landmarks.min(axis=0), landmarks.max(axis=0)
-    extent = max(x1 - x0, y1 - y0)
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2 - extent * SHIFT_UP
-    half = SCALE * extent / 2
-    return np.array([cx - half, cy - half, cx + half, cy + half], np.float64)
+    """Square crop [..., 4] = x0, y0, x1, y1 for landmarks [..., 68, 2] (frame pixels).
+
+    The box is a slice of the frame as in the official code: x0 is the first column, x1 one past the last.
+    """
+    landmarks = np.asarray(landmarks, np.float64)
+    low, high = landmarks.min(axis=-2), landmarks.max(axis=-2)
+    extent = (high - low).max(axis=-1, keepdims=True)
+    centre = (low + high) / 2 - np.concatenate([np.zeros_like(extent), extent * SHIFT_UP], axis=-1)
+    half = CROP_PER_EXTENT * extent / 2
+    return np.concatenate([centre - half, centre + half], axis=-1)
 
 
-def smooth_boxes(boxes: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian smoothing over time of each box's centre and side (sigma in frames; 0 leaves boxes as they are).
+def smooth_boxes(boxes: np.ndarray, sigma: float = 2.0) -> np.ndarray:
+    """Boxes [T, 4] with their centres and sides smoothed over time by a centred Gaussian (sigma in frames).
 
-    Preprocessing sees the whole clip, so a centred (zero-lag) filter fits: it removes landmark jitter without the
-    lag a causal filter would add behind real head motion. Edges repeat the first/last box.
+    Preprocessing sees the whole clip, so a centred, zero-lag filter fits: it removes the frame-to-frame jitter of
+    the landmarks without the lag a causal filter (one-euro, exponential) leaves behind real head motion, and a
+    step in position is followed within about 3 sigma on either side. One parameter; 0 leaves the boxes as they are.
+    The ends repeat the first and last box.
     """
     boxes = np.asarray(boxes, np.float64)
     if sigma <= 0 or len(boxes) < 2:
         return boxes.copy()
-    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-    side = boxes[:, 2] - boxes[:, 0]
-    centre = gaussian_filter1d(centre, sigma, axis=0, mode="nearest")
-    half = gaussian_filter1d(side, sigma, mode="nearest")[:, None] / 2
+    centre = gaussian_filter1d((boxes[:, :2] + boxes[:, 2:]) / 2, sigma, axis=0, mode="nearest")
+    half = gaussian_filter1d(boxes[:, 2] - boxes[:, 0], sigma, mode="nearest")[:, None] / 2
     return np.concatenate([centre - half, centre + half], axis=1)
+
+
+def crop_faces(frames: np.ndarray, boxes: np.ndarray, size: int = 256) -> np.ndarray:
+    """Each frame [B, H, W, 3] cut to its box [B, 4] and resized to size x size: uint8 [B, size, size, 3]."""
+    if len(frames) == 0:
+        return np.empty((0, size, size, 3), np.uint8)
+    return np.stack([crop_face(frame, box, size) for frame, box in zip(frames, np.asarray(boxes, np.float64))])
+
+
+def crop_face(frame: np.ndarray, box: np.ndarray, size: int = 256) -> np.ndarray:
+    """One frame cut to a (fractional) box, padded the official way where the box leaves it, resized bicubic."""
+    if not (np.isfinite(box).all() and box[2] > box[0] and box[3] > box[1]):
+        raise ValueError(f"not a crop box: {box}")
+    x0, y0 = np.floor(box[:2]).astype(int)
+    x1, y1 = np.ceil(box[2:]).astype(int)
+    region = padded_region(frame, x0, y0, x1, y1)
+    within = (box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0)  # the box in the whole-pixel region's pixels
+    return np.asarray(Image.fromarray(region).resize((size, size), Image.Resampling.BICUBIC, box=within))
+
+
+def padded_region(frame: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """frame[y0:y1, x0:x1] where the slice may leave the frame: reflected there, blurred and faded to the median."""
+    height, width = frame.shape[:2]
+    if x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height:
+        return np.ascontiguousarray(frame[y0:y1, x0:x1])
+    # the official code pads the whole frame and blurs it; blurring only the slice, widened by the blur's reach on
+    # the sides that lie inside the frame, gives the same pixels
+    reach = int(4 * PAD_BLUR_SIGMA + 0.5)
+    xs = np.arange(x0 - min(reach, max(x0, 0)), x1 + min(reach, max(width - x1, 0)))
+    ys = np.arange(y0 - min(reach, max(y0, 0)), y1 + min(reach, max(height - y1, 0)))
+    region = frame[_reflect(ys, height)[:, None], _reflect(xs, width)[None, :]].astype(np.float32)
+    # how far into the padding each pixel lies, as a fraction of the padding's width (<= 0 inside the frame);
+    # a side without padding gets a vanishing width, as in the official code
+    left, top = max(-x0, 0), max(-y0, 0)
+    right, bottom = max(x1 - width, 0), max(y1 - height, 0)
+    depth_x = np.maximum(-xs / max(left, 1e-10), (xs - width + 1) / max(right, 1e-10))
+    depth_y = np.maximum(-ys / max(top, 1e-10), (ys - height + 1) / max(bottom, 1e-10))
+    depth = np.maximum(depth_x[None, :], depth_y[:, None])[..., None].astype(np.float32)
+    blurred = cv2.GaussianBlur(region, (0, 0), PAD_BLUR_SIGMA, borderType=cv2.BORDER_REFLECT)
+    region += (blurred - region) * np.clip(depth * 3 + 1, 0, 1)  # blurred in the padding, softening into the frame
+    region += (padded_median(frame, x0, y0, x1, y1) - region) * np.clip(depth, 0, 1)  # faded to the median outwards
+    inner = region[y0 - ys[0] : y1 - ys[0], x0 - xs[0] : x1 - xs[0]]
+    # truncated, as the official code does; the nudge keeps cv2's float blur of a flat area (a hair below its
+    # value) from losing a whole grey level to the truncation
+    return (inner + 1e-3).astype(np.uint8)
+
+
+def padded_median(frame: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """Per-channel median of the frame reflect-padded to cover the slice, as np.median would give it.
+
+    Each frame pixel counts as often as it appears in the padded frame (reflected bands repeat the frame's edges);
+    frames over a megapixel are subsampled evenly, which moves the median by about a grey level.
+    """
+    height, width = frame.shape[:2]
+    columns = np.bincount(_reflect(np.arange(min(x0, 0), max(x1, width)), width), minlength=width)
+    rows = np.bincount(_reflect(np.arange(min(y0, 0), max(y1, height)), height), minlength=height)
+    step = max(1, int(np.sqrt(height * width / 1e6)))
+    weights = np.multiply.outer(rows[::step], columns[::step]).ravel()
+    pixels = frame[::step, ::step].reshape(-1, frame.shape[-1])
+    middle = (weights.sum() - 1) / 2  # np.median: the mean of the values at ranks floor(middle) and ceil(middle)
+    colour = np.empty(pixels.shape[1], np.float32)
+    for channel in range(pixels.shape[1]):
+        cumulative = np.cumsum(np.bincount(pixels[:, channel], weights=weights, minlength=256))
+        lower, upper = np.searchsorted(cumulative, [np.floor(middle), np.ceil(middle)], side="right")
+        colour[channel] = (lower + upper) / 2
+    return colour
+
+
+def _reflect(indices: np.ndarray, length: int) -> np.ndarray:
+    """Indices mirrored into [0, length) as cv2.BORDER_REFLECT does (edge pixel repeated: cba|abc|cba)."""
+    folded = np.mod(indices, 2 * length)
+    return np.where(folded < length, folded, 2 * length - 1 - folded)
 
 
 def crop_transform(boxes: np.ndarray, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Per box, the map frame pixel -> crop pixel as `crop = frame * scale + offset` (scale [T], offset [T, 2]).
 
-    Pixel centres line up as when cropping and resizing with cv2.resize: crop pixel j + 0.5 sits at
-    x0 + (j + 0.5) / scale in the frame.
+    Pixel centres at integer coordinates in both; the box is a slice (x0 is the left edge of column x0), and crop
+    pixel j covers [x0 + j / scale, x0 + (j + 1) / scale) of the frame, as PIL's resize maps them.
     """
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     scale = size / (boxes[:, 2] - boxes[:, 0])
     offset = (0.5 - boxes[:, :2]) * scale[:, None] - 0.5
     return scale, offset
-
-
-def crop_faces(frames: np.ndarray, boxes: np.ndarray, size: int = 256) -> np.ndarray:
-    """Crop each frame to its box and resize to size x size (bicubic; black where the box leaves the frame)."""
-    out = np.empty((len(frames), size, size, 3), np.uint8)
-    for i, (frame, box) in enumerate(zip(frames, boxes)):
-        factor = max(1, int(0.5 * (box[2] - box[0]) / size))
-        if factor > 1:  # shrinking by more than 2: average pixels first, so large frames do not alias
-            frame = cv2.resize(frame, None, fx=1 / factor, fy=1 / factor, interpolation=cv2.INTER_AREA)
-            box = (np.asarray(box, np.float64) + 0.5) / factor - 0.5
-        (scale,), (offset,) = crop_transform(box, size)
-        matrix = np.array([[scale, 0, offset[0]], [0, scale, offset[1]]], np.float64)
-        out[i] = cv2.warpAffine(frame, matrix, (size, size), flags=cv2.INTER_CUBIC,
-                                borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-    return out
 
 
 def landmarks_to_crop(landmarks: np.ndarray, boxes: np.ndarray, size: int = 256) -> np.ndarray:
@@ -78,25 +154,27 @@ def landmarks_to_crop(landmarks: np.ndarray, boxes: np.ndarray, size: int = 256)
 
 
 def select_faces(faces_per_frame: Sequence[Sequence[Face]], min_iou: float = 0.3) -> tuple[list[Face | None], np.ndarray]:
-    """One face per frame, the same person throughout: link detections into tracks by overlap, keep the track with
-    the largest total area (large and present most of the time). Frames where that track has no detection get None,
-    so another person never takes over the crop for a frame. Also returns the number of faces seen per frame."""
+    """One face per frame, the same person throughout, and the number of faces seen in each frame.
+
+    Detections are linked into tracks (each face joins the track whose latest box overlaps it most, at IoU >=
+    `min_iou`, larger faces choosing first); the track with the largest summed area, i.e. large and present most of
+    the time, is the clip's face. Frames where that track has no detection get None, so a second person never takes
+    over the crop for a frame; the caller fills them from the nearest frame with the face.
+    """
     tracks: list[dict[int, Face]] = []
-    last_box: list[np.ndarray] = []
+    latest: list[np.ndarray] = []
     for t, faces in enumerate(faces_per_frame):
         taken: set[int] = set()
         for face in sorted(faces, key=lambda f: -f.area):
-            overlaps = [(_iou(face.box, box), k) for k, box in enumerate(last_box) if k not in taken]
-            best = max(overlaps, default=(0.0, -1))
-            if best[0] >= min_iou:
-                k = best[1]
-            else:
+            best_iou, best = max(((_iou(face.box, box), k) for k, box in enumerate(latest) if k not in taken),
+                                 default=(0.0, -1))
+            if best_iou < min_iou:
                 tracks.append({})
-                last_box.append(face.box)
-                k = len(tracks) - 1
-            tracks[k][t] = face
-            last_box[k] = face.box
-            taken.add(k)
+                latest.append(face.box)
+                best = len(tracks) - 1
+            tracks[best][t] = face
+            latest[best] = face.box
+            taken.add(best)
     counts = np.array([len(faces) for faces in faces_per_frame], np.int32)
     if not tracks:
         return [None] * len(faces_per_frame), counts

