@@ -31,7 +31,7 @@ from storage.video import VideoError, VideoReader, probe, sha256_file
 
 log = logging.getLogger(__name__)
 
-PREPROCESS_VERSION = 1  # bump when the crops this code writes change for the same config
+PREPROCESS_VERSION = 2  # bump when the crops this code writes change for the same config
 BATCH_BYTES = 256 << 20  # decoded frames held at once; 4K frames get smaller batches
 
 

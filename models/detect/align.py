@@ -77,7 +77,7 @@ def crop_face(frame: np.ndarray, box: np.ndarray, size: int = 256) -> np.ndarray
     x0, y0 = np.floor(box[:2]).astype(int)
     x1, y1 = np.ceil(box[2:]).astype(int)
     region = padded_region(frame, x0, y0, x1, y1)
-    within = (box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0)  # the box in the whole-pixel region's pixels
+    within = tuple(float(v) for v in box - [x0, y0, x0, y0])  # the box in the whole-pixel region's pixels
     return np.asarray(Image.fromarray(region).resize((size, size), Image.Resampling.BICUBIC, box=within))
 
 
@@ -112,12 +112,12 @@ def padded_median(frame: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> np.n
     """Per-channel median of the frame reflect-padded to cover the slice, as np.median would give it.
 
     Each frame pixel counts as often as it appears in the padded frame (reflected bands repeat the frame's edges);
-    frames over a megapixel are subsampled evenly, which moves the median by about a grey level.
+    frames over a quarter megapixel are subsampled evenly, which moves the median by about a grey level.
     """
     height, width = frame.shape[:2]
     columns = np.bincount(_reflect(np.arange(min(x0, 0), max(x1, width)), width), minlength=width)
     rows = np.bincount(_reflect(np.arange(min(y0, 0), max(y1, height)), height), minlength=height)
-    step = max(1, int(np.sqrt(height * width / 1e6)))
+    step = max(1, int(np.sqrt(height * width / 250_000)))
     weights = np.multiply.outer(rows[::step], columns[::step]).ravel()
     pixels = frame[::step, ::step].reshape(-1, frame.shape[-1])
     middle = (weights.sum() - 1) / 2  # np.median: the mean of the values at ranks floor(middle) and ceil(middle)

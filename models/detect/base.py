@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays inside: faces compare by identity
 class Face:
     """One detected face, in frame pixels (pixel centres at integer coordinates)."""
 

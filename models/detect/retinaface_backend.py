@@ -44,8 +44,11 @@ def weights_path(weights_dir: Path) -> Path:
 
 def build_network() -> torch.nn.Module:
     """The package's RetinaFace-ResNet50 network with random weights (built without downloading anything)."""
-    from retinaface.network import RetinaFace
-
+    try:
+        from retinaface.network import RetinaFace
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError("the retinaface detector needs the retinaface-pytorch package: "
+                                  "pip install --no-deps retinaface-pytorch") from None
     with warnings.catch_warnings():  # the package still passes torchvision the deprecated `pretrained=False`
         warnings.simplefilter("ignore", UserWarning)
         return RetinaFace(name="Resnet50", pretrained=False, return_layers={"layer2": 1, "layer3": 2, "layer4": 3},

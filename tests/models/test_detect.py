@@ -20,9 +20,9 @@ def _check_landmarks(face):
     assert points.shape == (68, 2) and points.dtype == np.float32
     margin = 0.25 * (x1 - x0)  # the jaw line may run a little past dlib's box
     assert ((points >= [x0 - margin, y0 - margin]) & (points <= [x1 + margin, y1 + margin])).all()
-    brows, eyes, nose, mouth, chin = (points[r, 1].mean() for r in (slice(17, 27), slice(36, 48), slice(27, 36),
-                                                                    slice(48, 68), 8))
-    assert brows < eyes < nose < mouth < chin  # iBUG order, face upright
+    brows, eyes, nose_tip, mouth, chin = (points[r, 1].mean() for r in (slice(17, 27), slice(36, 48), 30,
+                                                                        slice(48, 68), 8))
+    assert brows < eyes < nose_tip < mouth < chin  # iBUG order, face upright
     assert points[36:42, 0].mean() < points[42:48, 0].mean()  # the eye on the image's left comes first
 
 
