@@ -1,0 +1,80 @@
+"""StyleGAN2's two custom ops in plain torch: FIR up/down-sampling (`upfirdn2d`) and the biased, scaled leaky ReLU.
+
+These are the reference ("native") versions of the CUDA kernels of NVlabs' and rosinality's code: the same maths
+on any device, so CPU results are the ones the parity fixtures hold.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def make_kernel(kernel: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """A 2-D FIR kernel normalised to sum 1; a 1-D kernel k becomes the separable outer product k kᵀ."""
+    kernel = torch.as_tensor(kernel, dtype=torch.float32)
+    if kernel.ndim == 1:
+        kernel = kernel[None, :] * kernel[:, None]
+    return kernel / kernel.sum()
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (value[0], value[1])
+
+
+def upfirdn2d(
+    x: torch.Tensor,
+    kernel: torch.Tensor,
+    up: int | Sequence[int] = 1,
+    down: int | Sequence[int] = 1,
+    pad: Sequence[int] = (0, 0),
+) -> torch.Tensor:
+    """Upsample by zero insertion, pad, filter with `kernel` (true convolution), keep every `down`-th sample.
+
+    x: [B, C, H, W]. `up` and `down` are one factor or (x, y) factors. `pad` is (before, after) for both axes or
+    (x0, x1, y0, y1); negative padding crops. Every channel is filtered on its own with the same kernel.
+    """
+    up_x, up_y = _pair(up)
+    down_x, down_y = _pair(down)
+    pad_x0, pad_x1, pad_y0, pad_y1 = (*pad, *pad) if len(pad) == 2 else pad
+    batch, channels, height, width = x.shape
+
+    if up_x > 1 or up_y > 1:
+        # each sample is followed by up - 1 zeros along each axis
+        x = F.pad(x.reshape(batch, channels, height, 1, width, 1), [0, up_x - 1, 0, 0, 0, up_y - 1])
+        x = x.reshape(batch, channels, height * up_y, width * up_x)
+    x = F.pad(x, [pad_x0, pad_x1, pad_y0, pad_y1])  # negative values crop
+
+    # conv2d correlates, so the flipped kernel makes it a convolution; one group per channel (depthwise), and the
+    # stride keeps every down-th output, as slicing the full output would
+    weight = torch.flip(kernel, [0, 1]).to(x.dtype).expand(channels, 1, *kernel.shape)
+    return F.conv2d(x, weight, stride=(down_y, down_x), groups=channels)
+
+
+def fused_leaky_relu(
+    x: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    negative_slope: float = 0.2,
+    scale: float = math.sqrt(2),
+) -> torch.Tensor:
+    """leaky_relu(x + bias) * scale, with `bias` [C] added along dim 1; sqrt(2) keeps the signal's variance."""
+    if bias is not None:
+        x = x + bias.view(1, -1, *([1] * (x.ndim - 2)))
+    return F.leaky_relu(x, negative_slope) * scale
+
+
+class FusedLeakyReLU(nn.Module):
+    """A learned per-channel bias followed by the scaled leaky ReLU (state dict: `bias` [C])."""
+
+    def __init__(self, channel: int, bias: bool = True, negative_slope: float = 0.2, scale: float = math.sqrt(2)):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(channel)) if bias else None
+        self.negative_slope = negative_slope
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fused_leaky_relu(x, self.bias, self.negative_slope, self.scale)
