@@ -33,7 +33,7 @@ def user_errors():
 
     try:
         yield
-    except (ValueError, FileNotFoundError, ValidationError) as err:  # MissingWeightsError is a FileNotFoundError
+    except (ValueError, FileNotFoundError, KeyError, ValidationError) as err:  # missing weights: FileNotFoundError
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(code=2) from err
 
@@ -100,6 +100,41 @@ def store_info(store: Path = typer.Argument(..., help="A clip store written by p
                       row.get("error") or "")
     console.print(table)
     console.print(f"{len(clip_store.clips())} clips published in {clip_store.root}")
+
+
+weights_app = typer.Typer(help="The weights directory: what is present, what is missing, conversions.",
+                          no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+WEIGHTS_DIR_HELP = "Weights directory (default: $REENACT_WEIGHTS_DIR, else weights/ in the project)."
+
+
+@weights_app.command("list")
+def weights_list(
+    weights_dir: Optional[Path] = typer.Option(None, help=WEIGHTS_DIR_HELP),
+    weights_set: Optional[str] = typer.Option(None, "--set", help="Only the files of one set: 'voxceleb256' (official) or 'demo'."),
+) -> None:
+    """List the known weight files: which are present, which are missing, and where each one comes from."""
+    from storage.weights import WeightsRegistry, format_status
+
+    with user_errors():
+        registry = WeightsRegistry(weights_dir)
+        rows = registry.status(weights_set)
+    console.print(f"weights directory: {registry.root}")
+    console.print(format_status(rows), highlight=False)
+
+
+@weights_app.command("flame-to-npz")
+def flame_to_npz(
+    pkl: Path = typer.Argument(..., help="FLAME's generic_model.pkl."),
+    npz: Path = typer.Argument(..., help="Where to write the pickle-free .npz."),
+    landmark_embedding: Optional[Path] = typer.Option(None, help="DECA's landmark_embedding.npy (default: beside the .pkl)."),
+) -> None:
+    """Convert FLAME's pickle (and DECA's landmark embedding) to one .npz, read without any pickled code."""
+    from models.flame import convert_flame_pkl_to_npz
+
+    with user_errors():
+        out = convert_flame_pkl_to_npz(pkl, npz, landmark_embedding)
+    console.print(f"wrote {out}")
 
 
 def _print_summary(summary) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import pandas as pd
+
+from storage.files import atomic_path
 
 KEY = ["identity", "video", "clip"]
 STATUSES = ("ok", "failed", "skipped")
@@ -60,7 +61,6 @@ def upsert_manifest(path: str | os.PathLike, rows: Iterable[Mapping]) -> pd.Data
     merged = pd.concat([df for df in (old, new) if not df.empty], ignore_index=True)
     ordered = [c for c in COLUMNS if c in merged.columns] + [c for c in merged.columns if c not in COLUMNS]
     merged = merged[ordered].sort_values(KEY, ignore_index=True)
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    merged.to_parquet(partial, index=False)
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        merged.to_parquet(partial, index=False)
     return merged

@@ -7,7 +7,6 @@ system one when present, else the one shipped inside the `imageio-ffmpeg` wheel.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+
+from storage.files import sha256_file  # noqa: F401  (re-exported: callers hash the videos they probe)
 
 
 class VideoError(RuntimeError):
@@ -53,14 +54,6 @@ def ffmpeg_exe() -> str:
     import imageio_ffmpeg
 
     return imageio_ffmpeg.get_ffmpeg_exe()
-
-
-def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:

@@ -14,6 +14,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from models import MissingWeightsError  # noqa: F401  (re-exported for the detector backends)
+
 
 @dataclass(frozen=True, eq=False)  # arrays inside: faces compare by identity
 class Face:
@@ -36,10 +38,6 @@ class FaceDetector(Protocol):
     def detect(self, frames: np.ndarray) -> list[list[Face]]:
         """All faces of each frame of a uint8 RGB batch [B, H, W, 3]; [] for a frame without one."""
         ...
-
-
-class MissingWeightsError(FileNotFoundError):
-    """A detector's weights are not where they must be put; the message says where."""
 
 
 DETECTORS = ("dlib", "retinaface")

@@ -8,7 +8,7 @@ runner = CliRunner()
 def test_help_lists_one_command_per_flow():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("preprocess-dataset", "demo", "store-info"):
+    for command in ("preprocess-dataset", "demo", "store-info", "weights"):
         assert command in result.output
 
 
@@ -35,3 +35,20 @@ def test_unknown_detector_stops_before_any_clip(tmp_path):
 def test_bad_option_values_are_refused_with_the_reason(tmp_path):
     result = runner.invoke(app, ["preprocess-dataset", str(tmp_path), "--fps", "-3", "--store", str(tmp_path / "s.zarr")])
     assert result.exit_code == 2 and "greater than 0" in " ".join(result.output.split())
+
+
+def test_weights_list_reports_missing_files_with_their_paths(tmp_path):
+    result = runner.invoke(app, ["weights", "list", "--weights-dir", str(tmp_path), "--set", "voxceleb256"])
+    assert result.exit_code == 0
+    assert "stylegan2-voxceleb256" in result.output and "MISSING" in result.output
+    assert str(tmp_path / "stylegan-voxceleb.pt") in result.output
+
+
+def test_weights_list_unknown_set_is_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["weights", "list", "--weights-dir", str(tmp_path), "--set", "nope"])
+    assert result.exit_code == 2 and "no weights set named 'nope'" in result.output
+
+
+def test_flame_conversion_of_a_missing_file_is_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["weights", "flame-to-npz", str(tmp_path / "generic_model.pkl"), str(tmp_path / "f.npz")])
+    assert result.exit_code == 2 and "generic_model.pkl" in result.output
