@@ -20,18 +20,21 @@ def manifest() -> dict:
     return json.loads((REFERENCE / "deca_encoder.json").read_text())
 
 
-def build(device: str = "cpu") -> ResnetEncoder:
+def build(device: str = "cpu", outsize: int = 236) -> ResnetEncoder:
     with torch.device(device):
-        return ResnetEncoder(outsize=236)
+        return ResnetEncoder(outsize=outsize)
 
 
-def test_state_dict_is_the_official_one_entry_by_entry():
-    model = build("meta")
+# E_detail is the same class with a 128-d head; the pipeline uses only E_flame (D_detail, the detail decoder, is not
+# part of the method and is not implemented here).
+@pytest.mark.parametrize("entry, outsize", [("E_flame", 236), ("E_detail", 128)])
+def test_state_dict_is_the_official_one_entry_by_entry(entry, outsize):
+    model = build("meta", outsize)
     parameters = {name for name, _ in model.named_parameters()}
     ours = [[name, list(t.shape), str(t.dtype).removeprefix("torch."), "parameter" if name in parameters else "buffer"]
             for name, t in model.state_dict().items()]
-    assert ours == manifest()["E_flame"]["state_dict"]
-    assert sum(p.numel() for p in model.parameters()) == manifest()["E_flame"]["total_parameter_count"]
+    assert ours == manifest()[entry]["state_dict"]
+    assert sum(p.numel() for p in model.parameters()) == manifest()[entry]["total_parameter_count"]
 
 
 def test_e_flame_entry_of_deca_model_tar_loads_strictly():
