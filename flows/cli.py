@@ -142,8 +142,8 @@ def _print_summary(summary) -> None:
         f"[bold]{summary.clips} clips[/]: {summary.ok} ok, {summary.skipped} skipped, {summary.failed} failed; "
         f"{summary.frames} frames in {summary.seconds:.1f} s"
     )
-    console.print(f"store:    {summary.store}")
-    console.print(f"manifest: {summary.manifest}")
+    console.print(f"store:    {Path(summary.store).resolve()}")
+    console.print(f"manifest: {Path(summary.manifest).resolve()}")
 
 
 def _fmt(value) -> str:
