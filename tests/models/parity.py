@@ -89,3 +89,13 @@ def assert_fill_matches(module: nn.Module, fixture: dict[str, Any]) -> None:
             f"{row['name']}: sum |x| {total_abs} != {row['check_sum_abs']}")
         first4 = values[:4].tolist()
         assert first4 == row["check_first4"], f"{row['name']}: first values {first4} != {row['check_first4']}"
+
+
+def fill_for_parity(module: nn.Module, stem: str) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Fill `module` by fixture `stem`'s rule, check the fill, switch to eval; return the fixture's arrays and each
+    output's tolerance (by output name)."""
+    fixture, arrays = load_fixture(stem)
+    fill_from_table(module, fixture)
+    assert_fill_matches(module, fixture)
+    module.eval()
+    return arrays, {check["output"]: check["tolerance_abs"] for check in fixture["checks"]}

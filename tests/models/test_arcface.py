@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from models.arcface import Backbone, arcface_input
-from tests.models.parity import assert_fill_matches, fill_from_table, load_fixture
+from tests.models.parity import fill_for_parity
 
 REFERENCE = Path(__file__).parents[1] / "fixtures" / "reference"
 
@@ -52,11 +52,8 @@ def test_plain_ir_bodies_have_no_squeeze_excitation(num_layers, units):
 
 
 def test_matches_the_reference_code():
-    fixture, arrays = load_fixture("arcface_ir_se50")
-    model = build().eval()
-    fill_from_table(model, fixture)
-    assert_fill_matches(model, fixture)
-    tolerance = {check["output"]: check["tolerance_abs"] for check in fixture["checks"]}
+    model = build()
+    arrays, tolerance = fill_for_parity(model, "arcface_ir_se50")
     with torch.no_grad():
         image = torch.from_numpy(arrays["image"])
         embedding, unnormalised = model(image), model.embed_unnormalised(image)

@@ -21,7 +21,7 @@ from models.directions import (
     shift_wplus,
     to_checkpoint,
 )
-from tests.models.parity import assert_fill_matches, fill_from_table, load_fixture
+from tests.models.parity import fill_for_parity
 
 REFERENCE = Path(__file__).parents[1] / "fixtures" / "reference"
 INFERENCE_KEYS = {"A_matrix", "learned_directions", "shift_scale", "w_plus", "num_layers_shift", "shift_dim"}
@@ -96,11 +96,8 @@ def test_checkpoint_dict_round_trip():
 # --- parity and the shift ----------------------------------------------------------------------------------------------
 
 def test_matches_the_reference_code():
-    fixture, arrays = load_fixture("direction_matrix_A")
-    a = DirectionMatrix().eval()
-    fill_from_table(a, fixture)
-    assert_fill_matches(a, fixture)
-    tolerance = {check["output"]: check["tolerance_abs"] for check in fixture["checks"]}
+    a = DirectionMatrix()
+    arrays, tolerance = fill_for_parity(a, "direction_matrix_A")
     wplus = torch.from_numpy(arrays["wplus"])
     with torch.no_grad():
         shift = a(torch.from_numpy(arrays["delta_p"]))
