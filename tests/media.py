@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import wave
 from fractions import Fraction
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import av
 import cv2
 import numpy as np
 
-from storage.video import ffmpeg_exe, write_video
+from storage.video import ffmpeg_exe, write_quiet_audio, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT / "data" / "demo" / "photos"
@@ -34,25 +33,15 @@ def face_frames(count: int, size: int = 256, name: str = "astronaut.jpg", drift:
 
 
 def write_clip(path: Path, frames: np.ndarray, fps: float = 25, audio: bool = False, **options) -> Path:
-    audio_file = quiet_wav(path.with_suffix(".wav"), len(frames) / fps) if audio else None
+    audio_file = write_quiet_audio(path.with_suffix(".wav"), len(frames) / fps) if audio else None
     write_video(path, frames, fps, audio_from=audio_file, **options)
     if audio_file:
         audio_file.unlink()
     return path
 
 
-def quiet_wav(path: Path, seconds: float, rate: int = 16000) -> Path:
-    t = np.arange(int(rate * seconds)) / rate
-    with wave.open(str(path), "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(rate)
-        handle.writeframes((0.02 * np.sin(2 * np.pi * 220 * t) * 32767).astype(np.int16).tobytes())
-    return path
-
-
 def audio_only(path: Path, seconds: float = 1.0) -> Path:
-    wav = quiet_wav(path.with_suffix(".wav"), seconds)
+    wav = write_quiet_audio(path.with_suffix(".wav"), seconds)
     subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", "-i", str(wav), "-c:a", "aac", str(path)], check=True)
     wav.unlink()
     return path
