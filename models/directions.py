@@ -79,6 +79,23 @@ class ParamRanges:
         """The table from a .npy file; by default the official VoxCeleb one that the released A was trained with."""
         return cls(np.load(path).astype(np.float64))
 
+    @classmethod
+    def measure(cls, params: np.ndarray, quantiles: tuple[float, float] = (0.0, 1.0)) -> ParamRanges:
+        """The table of a dataset: per parameter, the [low, high] quantiles of face parameters [N, 15] in
+        `PARAM_NAMES` order. (0, 1) is min and max, as the official `extract_statistics` takes them; narrower
+        quantiles keep a few bad estimates from stretching a range. Rows of expressions past the 11 that A reads
+        are NaN: nothing measured them."""
+        params = np.asarray(params, dtype=np.float64)
+        if params.ndim != 2 or params.shape[1] != NUM_PARAMS or len(params) < 2:
+            raise ValueError(f"measuring ranges needs face parameters [N >= 2, {NUM_PARAMS}], got {list(params.shape)}")
+        table = np.full((FIRST_EXPRESSION_ROW + 50, 2), np.nan)
+        table[:NUM_PARAMS] = np.quantile(params, quantiles, axis=0).T
+        constant = [name for name, (low, high) in zip(PARAM_NAMES, table) if not high > low]
+        if constant:
+            raise ValueError(f"no spread to measure a range from in {', '.join(constant)}: every frame has the same "
+                             "value (too few frames, or a backend that does not estimate it)")
+        return cls(table)
+
     def _affine(self, shift_scale: float, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """slope, offset [15] of the map to shift units: angles are scaled; jaw and expressions go from [min, max]
         onto [-shift_scale, shift_scale] (the official `initialize_directions` fits this line through the two

@@ -9,13 +9,16 @@ Layout (see docs/architecture.md):
           crops      uint8   [T,256,256,3]   chunked along T
           landmarks  float32 [T,68,2]        crop pixel coordinates
           boxes      float32 [T,4]           crop square x0,y0,x1,y1 in source-frame pixels
-          ...        later stages add their own arrays
+          <stage>/   a sub-group per later stage (e.g. face3d/, inversion/) with its own arrays and attrs
           attrs: source path, source sha256, fps, config hash, code version, ...
-      .staging/                       clips being written; never read
+      .staging/                       clips and stages being written; never read
 
 A clip is written into `.staging/<random>/` and renamed into place when complete. A rename within one file system is
 atomic, so readers (and a re-run after a crash) see either the whole clip or nothing, and concurrent workers writing
-different clips never touch each other's files.
+different clips never touch each other's files. Later stages add a sub-group to a published clip the same way
+(`write_stage`): staged, then renamed into the clip, so a stage is there whole or not at all, and a stage never
+rewrites the arrays of the clip or of another stage. Re-preprocessing a clip replaces the clip with its stages,
+which were derived from the old crops.
 """
 
 from __future__ import annotations
@@ -88,6 +91,17 @@ class ClipReader:
 
     def __len__(self) -> int:
         return int(self._group["crops"].shape[0])
+
+    @property
+    def stages(self) -> list[str]:
+        """The later stages published in this clip (sub-groups), sorted."""
+        return sorted(name for name, _ in self._group.groups())
+
+    def stage(self, name: str) -> zarr.Group:
+        """A later stage's group (arrays and attrs); KeyError when that stage has not been written."""
+        if name not in self.stages:
+            raise KeyError(f"clip {self.key} has no {name!r} stage (has: {', '.join(self.stages) or 'none'})")
+        return self._group[name]
 
     @property
     def crops(self) -> zarr.Array:
@@ -181,6 +195,14 @@ class ClipStore:
         with open(self.clip_dir(key) / "zarr.json") as handle:
             return json.load(handle).get("attributes", {})
 
+    def stage_attrs(self, key: ClipKey, stage: str) -> dict[str, Any] | None:
+        """Attributes of a published stage of a clip, or None when the stage is not there."""
+        try:
+            with open(self.clip_dir(key) / stage / "zarr.json") as handle:
+                return json.load(handle).get("attributes", {})
+        except FileNotFoundError:
+            return None
+
     def clip(self, key: ClipKey) -> ClipReader:
         if not self.has(key):
             raise KeyError(f"clip {key} is not in the store {self.root}")
@@ -189,28 +211,38 @@ class ClipStore:
     @contextmanager
     def write_clip(self, key: ClipKey) -> Iterator[ClipWriter]:
         """Stage a clip; publish it (replacing an older version) only if the block ends without an exception."""
+        target = self.clip_dir(key)
+        with self._staged(target) as writer:
+            yield writer
+            for parent in (target.parent.parent, target.parent):
+                parent.mkdir(parents=True, exist_ok=True)
+                _ensure_group(parent)
+
+    @contextmanager
+    def write_stage(self, key: ClipKey, stage: str) -> Iterator[ClipWriter]:
+        """Stage a later stage's sub-group of a published clip (replacing an older one) and publish it only if the
+        block ends without an exception. Arrays created through the writer are chunked along frames like the clip's."""
+        if not self.has(key):
+            raise KeyError(f"clip {key} is not in the store {self.root}")
+        target = self.clip_dir(key) / stage
+        if not _NAME.match(stage) or _node_type(target / "zarr.json") == "array":
+            raise ValueError(f"invalid stage name {stage!r}: a name of its own, not one of the clip's arrays")
+        with self._staged(target) as writer:
+            yield writer
+
+    @contextmanager
+    def _staged(self, target: Path) -> Iterator[ClipWriter]:
+        """A fresh group under `.staging/`, renamed onto `target` when the block succeeds, removed otherwise."""
         staging = self.root / STAGING / f"{uuid.uuid4().hex}"
         staging.parent.mkdir(parents=True, exist_ok=True)
         try:
             group = zarr.open_group(str(staging), mode="w-")
             yield ClipWriter(group, self.chunk_frames, self.compressors)
-            self._publish(staging, key)
+            _publish(staging, target)
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
 
-    def _publish(self, staging: Path, key: ClipKey) -> None:
-        target = self.clip_dir(key)
-        for parent in (target.parent.parent, target.parent):
-            parent.mkdir(parents=True, exist_ok=True)
-            _ensure_group(parent)
-        if target.exists():
-            retired = staging.with_name(staging.name + "-retired")
-            os.rename(target, retired)
-            os.rename(staging, target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.rename(staging, target)
 
     def clean_staging(self) -> int:
         """Remove leftovers of interrupted writes; returns how many there were. Call only when no writer runs."""
@@ -221,6 +253,17 @@ class ClipStore:
         for path in leftovers:
             shutil.rmtree(path, ignore_errors=True)
         return len(leftovers)
+
+
+def _publish(staging: Path, target: Path) -> None:
+    """Rename a finished staging directory onto `target`; an older `target` is moved aside first, then removed."""
+    if target.exists():
+        retired = staging.with_name(staging.name + "-retired")
+        os.rename(target, retired)
+        os.rename(staging, target)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.rename(staging, target)
 
 
 def _ensure_group(path: Path) -> None:

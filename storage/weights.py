@@ -251,7 +251,7 @@ class WeightsRegistry:
             rows.append({
                 "name": name, "path": str(path), "present": present,
                 "size": path.stat().st_size if present else None,
-                "sha256_ok": self._sha256_ok(entry, path) if present and entry.sha256 else None,
+                "sha256_ok": self.sha256(name) == entry.sha256.lower() if present and entry.sha256 else None,
                 "sets": [set_name for set_name, members in WEIGHT_SETS.items() if name in members],
                 "description": entry.description, "where_to_get": entry.where_to_get,
             })
@@ -260,17 +260,19 @@ class WeightsRegistry:
     def _existing(self, entry: WeightFile) -> Path | None:
         return next((self.root / name for name in entry.filenames if (self.root / name).is_file()), None)
 
-    def _sha256_ok(self, entry: WeightFile, path: Path) -> bool:
-        """Compare with the pinned hash, reusing the one the conversion cache recorded for these exact bytes."""
-        stat, cache = path.stat(), self.cache_path(entry.name)
-        recorded = None
+    def sha256(self, name: str) -> str:
+        """The sha256 of `name`'s file (what a result computed with it records), reusing the hash the conversion
+        cache recorded for these exact bytes, so a large official file is not read again."""
+        path = self.path(name)
+        stat, cache = path.stat(), self.cache_path(name)
         try:
             record = read_safetensors_metadata(cache) if cache.is_file() else {}
         except CorruptCheckpointError:
             record = {}
         if (record.get("source_size"), record.get("source_mtime_ns")) == (stat.st_size, stat.st_mtime_ns):
-            recorded = record.get("source_sha256")
-        return (recorded or sha256_file(path)) == entry.sha256.lower()
+            return record.get("source_sha256") or sha256_file(path)
+        return sha256_file(path)
+
 
 
 def build(builder: str, config: Mapping[str, Any]) -> nn.Module:

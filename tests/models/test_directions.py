@@ -11,6 +11,7 @@ import torch
 
 from models.directions import (
     NUM_EXPRESSIONS,
+    NUM_PARAMS,
     PARAM_NAMES,
     RANGES_PATH,
     DirectionMatrix,
@@ -222,3 +223,27 @@ def test_matches_the_official_make_shift(ranges):
         slope, offset = (float(v) for v in line)
         expected[:, index] = (slope * drv[:, index] + offset) - (slope * src[:, index] + offset)
     assert torch.allclose(delta_p(source, driving, ranges), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_measured_ranges_are_min_max_by_default_and_quantiles_on_request():
+    rng = np.random.default_rng(0)
+    params = rng.normal(size=(1000, NUM_PARAMS)) * np.arange(1, NUM_PARAMS + 1)
+    measured = ParamRanges.measure(params)
+    np.testing.assert_array_equal(measured.table[:NUM_PARAMS, 0], params.min(0))
+    np.testing.assert_array_equal(measured.table[:NUM_PARAMS, 1], params.max(0))
+    assert np.isnan(measured.table[NUM_PARAMS:]).all() and measured.table.shape == (54, 2)
+    inner = ParamRanges.measure(params, (0.05, 0.95)).table[:NUM_PARAMS]
+    assert np.all(inner[:, 0] > params.min(0)) and np.all(inner[:, 1] < params.max(0))
+    # the measured table drives delta_p: a parameter at its max maps to +6 shift units
+    top = torch.as_tensor(params.max(0)[None], dtype=torch.float32)
+    coords = measured.to_shift_space(FaceParams.from_vector(top))
+    np.testing.assert_allclose(coords[0, 3:].numpy(), 6.0, rtol=1e-5)
+
+
+def test_ranges_refuse_a_parameter_without_spread():
+    params = np.random.default_rng(1).normal(size=(10, NUM_PARAMS))
+    params[:, 5] = 0.25
+    with pytest.raises(ValueError, match="exp_01"):
+        ParamRanges.measure(params)
+    with pytest.raises(ValueError, match=r"\[N >= 2, 15\]"):
+        ParamRanges.measure(params[:1])

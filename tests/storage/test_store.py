@@ -97,3 +97,37 @@ def test_manifest_upsert_replaces_rows_of_the_same_clip(tmp_path):
     assert read_manifest(path).equals(frame)
     with pytest.raises(ValueError, match="unknown manifest status"):
         upsert_manifest(path, [{"identity": "a", "video": "v", "clip": "1", "status": "done"}])
+
+
+def test_stage_is_added_whole_and_replaced_whole(tmp_path):
+    store = ClipStore.open(tmp_path / "d.zarr", chunk_frames=4)
+    key = ClipKey("id1", "v1", "c1")
+    _write(store, key, frames=10, value=3)
+    assert store.stage_attrs(key, "face3d") is None and store.clip(key).stages == []
+    with store.write_stage(key, "face3d") as stage:
+        stage.put("params", np.arange(10 * 15, dtype=np.float32).reshape(10, 15))
+        stage.set_attrs(config_hash="abc")
+    clip = store.clip(key)
+    assert clip.stages == ["face3d"] and clip.arrays == ["crops", "landmarks"]  # the clip's own arrays are untouched
+    assert clip.stage("face3d")["params"].chunks == (4, 15)
+    assert float(clip.stage("face3d")["params"][9, 14]) == 149 and store.stage_attrs(key, "face3d") == {"config_hash": "abc"}
+    assert store.clips() == [key]  # a stage is not mistaken for a clip
+
+    with pytest.raises(RuntimeError):  # a failed rewrite keeps the old stage
+        with store.write_stage(key, "face3d") as stage:
+            stage.put("params", np.zeros((10, 15), np.float32))
+            raise RuntimeError("killed mid-stage")
+    assert store.stage_attrs(key, "face3d") == {"config_hash": "abc"}
+    with store.write_stage(key, "face3d") as stage:
+        stage.put("params", np.zeros((10, 20), np.float32))
+    assert store.clip(key).stage("face3d")["params"].shape == (10, 20)
+    assert list((store.root / ".staging").iterdir()) == []
+
+    with pytest.raises(KeyError, match="no 'inversion' stage"):
+        store.clip(key).stage("inversion")
+    with pytest.raises(ValueError, match="invalid stage name"):
+        with store.write_stage(key, "crops"):
+            pass
+    with pytest.raises(KeyError, match="not in the store"):
+        with store.write_stage(ClipKey("id1", "v1", "c9"), "face3d"):
+            pass
