@@ -12,6 +12,7 @@ from rich.table import Table
 
 import tasks  # noqa: F401  (Prefect environment defaults first)
 from storage.settings import PROJECT_ROOT
+from tasks.encode import EncodeConfig
 from tasks.preprocess import PreprocessConfig
 from tasks.runners import RunnerConfig
 
@@ -24,6 +25,8 @@ console = Console(soft_wrap=True)  # messages stay on one line, whole paths incl
 DEMO_VIDEOS = PROJECT_ROOT / "data" / "demo" / "voxceleb"
 _pre = PreprocessConfig.model_fields
 _run = RunnerConfig.model_fields
+_enc = EncodeConfig.model_fields
+WEIGHTS_DIR_HELP = "Weights directory (default: $REENACT_WEIGHTS_DIR, else weights/ in the project)."
 
 
 @contextmanager
@@ -69,6 +72,50 @@ def preprocess_dataset_command(
         summary = preprocess_dataset(input=str(input), store=str(store), config=config, runner=runner,
                                      input_root=str(input_root) if input_root else None, limit=limit)
     _print_summary(summary)
+    if summary.failed:
+        raise typer.Exit(code=1 if summary.failed == summary.clips else 0)
+
+
+@app.command("encode-dataset")
+def encode_dataset_command(
+    store: Path = typer.Argument(..., help="A clip store written by preprocess-dataset."),
+    stages: str = typer.Option("face3d,inversion", help="Comma-separated stages: 'face3d' (3DMM parameters per frame), 'inversion' (W+ per frame)."),
+    face3d: str = typer.Option("landmark-fit", help=_enc["face3d"].description),
+    encoder: str = typer.Option("e4e-voxceleb256", help=_enc["encoder"].description),
+    weights_dir: Optional[Path] = typer.Option(None, help=WEIGHTS_DIR_HELP),
+    precision: str = typer.Option("fp32", help=_enc["precision"].description),
+    batch_size: int = typer.Option(16, help=_enc["batch_size"].description),
+    device: str = typer.Option("auto", help=_enc["device"].description),
+    clip: Optional[list[str]] = typer.Option(None, help="Only this clip (identity/video/clip); repeat for several."),
+    ranges: bool = typer.Option(True, help="Measure the [min, max] table of the face3d parameters over the store (ranges-<backend>.npy)."),
+    task_runner: str = typer.Option("local", help=_run["kind"].description),
+    workers: int = typer.Option(1, help=_run["workers"].description),
+    dask_address: Optional[str] = typer.Option(None, help=_run["dask_address"].description),
+) -> None:
+    """Add 3DMM parameters (face3d/) and W+ inversions (inversion/) to every clip of a store, batched, on the GPU
+    when there is one.
+
+    Stages already written with the same settings are skipped, so a killed run resumes where it stopped; a stage
+    appears in a clip whole or not at all. Without the encoder's weights, run `--stages face3d` alone.
+    """
+    from flows.encode_dataset import encode_dataset
+    from tasks.encode import EncodeConfig
+
+    with user_errors():
+        config = EncodeConfig(stages=[part.strip() for part in stages.split(",") if part.strip()], face3d=face3d,
+                              encoder=encoder, weights_dir=str(weights_dir) if weights_dir else None,
+                              precision=precision, batch_size=batch_size, device=device)
+        runner = RunnerConfig(kind=task_runner, workers=workers, dask_address=dask_address)
+        summary = encode_dataset(store=str(store), config=config, runner=runner, clips=clip or None,
+                                 measure_ranges=ranges)
+    console.print(
+        f"[bold]{summary.clips} clips[/]: {summary.ok} ok, {summary.skipped} skipped, {summary.failed} failed; "
+        f"{summary.frames} frames in {summary.seconds:.1f} s"
+    )
+    console.print(f"store:    {Path(summary.store).resolve()}")
+    console.print(f"manifest: {Path(summary.manifest).resolve()}")
+    if summary.ranges:
+        console.print(f"ranges:   {Path(summary.ranges).resolve()}")
     if summary.failed:
         raise typer.Exit(code=1 if summary.failed == summary.clips else 0)
 
@@ -139,7 +186,6 @@ def store_info(store: Path = typer.Argument(..., help="A clip store written by p
 weights_app = typer.Typer(help="The weights directory: what is present, what is missing, conversions.",
                           no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
-WEIGHTS_DIR_HELP = "Weights directory (default: $REENACT_WEIGHTS_DIR, else weights/ in the project)."
 
 
 @weights_app.command("list")

@@ -1,0 +1,94 @@
+"""`encode-dataset`: the store's crops -> 3DMM parameters (face3d) and W+ inversions per clip, plus the ranges table."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger, unmapped
+from prefect.futures import as_completed
+from pydantic import BaseModel
+
+import tasks  # noqa: F401
+from storage.manifest import upsert_manifest
+from storage.store import ClipKey, ClipStore
+from tasks.encode import FACE3D, EncodeConfig, encode_clip_task, encoders_for, measure_ranges_task
+from tasks.progress import progress
+from tasks.runners import RunnerConfig
+
+MANIFEST = "manifest-encode.parquet"  # beside preprocessing's manifest.parquet, one row per clip as well
+MANIFEST_EVERY_S = 10.0
+
+
+class EncodeSummary(BaseModel):
+    store: str
+    manifest: str
+    ranges: str | None
+    clips: int
+    ok: int
+    skipped: int
+    failed: int
+    frames: int
+    seconds: float
+
+
+@flow(name="encode-dataset", log_prints=True)
+def encode_dataset(
+    store: str = "outputs/dataset.zarr",
+    config: EncodeConfig = EncodeConfig(),
+    runner: RunnerConfig = RunnerConfig(),
+    clips: list[str] | None = None,
+    measure_ranges: bool = True,
+) -> EncodeSummary:
+    """Encode every published clip of `store` (or the listed `identity/video/clip` keys).
+
+    Stages already written with the same settings are skipped. With face3d among the stages and `measure_ranges`,
+    the [min, max] table of the backend's parameters over the whole store is (re)written as ranges-<backend>.npy.
+    """
+    started = time.perf_counter()
+    clip_store = ClipStore.open(store, create=False)
+    keys = [ClipKey.parse(text) for text in clips] if clips else clip_store.clips()
+    missing = [str(key) for key in keys if not clip_store.has(key)]
+    if missing:
+        raise KeyError(f"not in the store {clip_store.root}: {', '.join(missing)}")
+    encoders_for(config)  # fail fast on a setup problem (unknown backend, missing weights) before any clip
+    cleaned = clip_store.clean_staging()
+    logger = get_run_logger()
+    logger.info("encoding %d clips of %s: stages %s, face3d %s, encoder %s%s", len(keys), clip_store.root,
+                ",".join(config.stages), config.face3d, config.encoder,
+                f" (removed {cleaned} leftovers of an interrupted run)" if cleaned else "")
+    manifest = clip_store.root / MANIFEST
+    rows = _encode_clips.with_options(task_runner=runner.build())(keys, str(clip_store.root), config, str(manifest))
+    upsert_manifest(manifest, rows)
+    for row in rows:
+        if row["status"] == "failed":
+            logger.warning("failed %s/%s/%s: %s", row["identity"], row["video"], row["clip"], row["error"])
+    ranges = None
+    if measure_ranges and FACE3D in config.stages and any(row["status"] != "failed" for row in rows):
+        ranges = measure_ranges_task(str(clip_store.root), config.face3d)
+        logger.info("ranges of %s over the store: %s", config.face3d, ranges)
+    counts = {status: sum(r["status"] == status for r in rows) for status in ("ok", "skipped", "failed")}
+    summary = EncodeSummary(
+        store=str(clip_store.root), manifest=str(manifest), ranges=ranges, clips=len(rows),
+        frames=int(sum(r.get("frames") or 0 for r in rows if r["status"] != "failed")),
+        seconds=time.perf_counter() - started, **counts,
+    )
+    logger.info("done: %s", summary.model_dump_json())
+    return summary
+
+
+@flow(name="encode-clips")
+def _encode_clips(keys: list[ClipKey], store_path: str, config: EncodeConfig, manifest: str) -> list[dict]:
+    """Fan the clips out on the chosen task runner; rewrite the manifest as results arrive so a killed run keeps them."""
+    futures = encode_clip_task.map(keys, store_path=unmapped(store_path), config=unmapped(config))
+    rows, pending, last_write = [], [], time.monotonic()
+    with progress(total=len(futures), description="clips") as advance:
+        for future in as_completed(futures):
+            row = future.result()
+            rows.append(row)
+            pending.append(row)
+            advance(row["status"])
+            if time.monotonic() - last_write > MANIFEST_EVERY_S:
+                upsert_manifest(Path(manifest), pending)
+                pending, last_write = [], time.monotonic()
+    return rows
