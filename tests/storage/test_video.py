@@ -68,3 +68,23 @@ def test_writer_leaves_nothing_behind_on_error(tmp_path):
             writer.write(np.zeros((2, 64, 64, 3), np.uint8))
             writer.write(np.zeros((2, 32, 32, 3), np.uint8))  # wrong size
     assert list(tmp_path.iterdir()) == []
+
+
+def test_rotated_file_is_turned_upright_as_ffmpeg_shows_it(tmp_path):
+    """A phone-style file (landscape pixels, a 90° display matrix) decodes to what ffmpeg itself displays."""
+    import subprocess
+
+    from storage.video import ffmpeg_exe
+
+    frames = np.zeros((3, 48, 80, 3), np.uint8)
+    frames[:, :12, :20] = 255  # a white block in the stored top-left corner tells the turn apart
+    plain = write_clip(tmp_path / "plain.mp4", frames, fps=25, crf=0)
+    rotated = tmp_path / "rotated.mp4"
+    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-display_rotation", "90", "-i", str(plain), "-c", "copy",
+                    str(rotated)], check=True)
+    shown = subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-i", str(rotated), "-f", "rawvideo",
+                            "-pix_fmt", "rgb24", "-"], check=True, capture_output=True).stdout
+    decoded = np.concatenate(list(VideoReader(rotated).batches(8)))
+    assert decoded.shape == (3, 80, 48, 3)  # upright: portrait
+    expected = np.frombuffer(shown, np.uint8).reshape(3, 80, 48, 3)
+    assert np.abs(decoded.astype(int) - expected).mean() < 2
