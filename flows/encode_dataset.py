@@ -6,14 +6,13 @@ import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger, unmapped
-from prefect.futures import as_completed
 from pydantic import BaseModel
 
 import tasks  # noqa: F401
 from storage.manifest import upsert_manifest
 from storage.store import ClipKey, ClipStore
 from tasks.encode import FACE3D, EncodeConfig, encode_clip_task, encoders_for, measure_ranges_task
-from tasks.progress import progress
+from tasks.progress import collect_rows
 from tasks.runners import RunnerConfig
 
 MANIFEST = "manifest-encode.parquet"  # beside preprocessing's manifest.parquet, one row per clip as well
@@ -81,14 +80,5 @@ def encode_dataset(
 def _encode_clips(keys: list[ClipKey], store_path: str, config: EncodeConfig, manifest: str) -> list[dict]:
     """Fan the clips out on the chosen task runner; rewrite the manifest as results arrive so a killed run keeps them."""
     futures = encode_clip_task.map(keys, store_path=unmapped(store_path), config=unmapped(config))
-    rows, pending, last_write = [], [], time.monotonic()
-    with progress(total=len(futures), description="clips") as advance:
-        for future in as_completed(futures):
-            row = future.result()
-            rows.append(row)
-            pending.append(row)
-            advance(row["status"])
-            if time.monotonic() - last_write > MANIFEST_EVERY_S:
-                upsert_manifest(Path(manifest), pending)
-                pending, last_write = [], time.monotonic()
-    return rows
+    return collect_rows(futures, "clips", save=lambda rows: upsert_manifest(Path(manifest), rows),
+                        every_s=MANIFEST_EVERY_S)

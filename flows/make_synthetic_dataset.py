@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 from prefect import flow, get_run_logger, unmapped
-from prefect.futures import as_completed
 from pydantic import BaseModel
 
 import tasks  # noqa: F401
 from storage.files import atomic_path
-from tasks.progress import progress
+from tasks.progress import collect_rows
 from tasks.runners import RunnerConfig
 from tasks.synthesize import ClipPlan, SynthConfig, plan_world, synthesize_clip_task
 
@@ -71,9 +70,4 @@ def make_synthetic_dataset(
 def _render_clips(plans: list[ClipPlan], root: str, config: SynthConfig) -> list[dict]:
     """Fan the clips out on the chosen task runner."""
     futures = synthesize_clip_task.map(plans, root=unmapped(root), config=unmapped(config))
-    rows = []
-    with progress(total=len(futures), description="clips") as advance:
-        for future in as_completed(futures):
-            rows.append(future.result())
-            advance(rows[-1]["status"])
-    return rows
+    return collect_rows(futures, "clips")

@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger, unmapped
-from prefect.futures import as_completed
 from pydantic import BaseModel
 
 import tasks  # noqa: F401
@@ -14,7 +13,7 @@ from storage.inputs import discover
 from storage.manifest import upsert_manifest
 from storage.store import ClipStore
 from tasks.preprocess import PreprocessConfig, detector_for, preprocess_clip_task
-from tasks.progress import progress
+from tasks.progress import collect_rows
 from tasks.runners import RunnerConfig
 
 MANIFEST_EVERY_S = 10.0  # rewrite the manifest at most this often while clips finish
@@ -73,14 +72,4 @@ def _run_clips(sources, store_path: str, config: PreprocessConfig) -> list[dict]
     """Fan the clips out on the chosen task runner; rewrite the manifest as results arrive so a killed run keeps them."""
     futures = preprocess_clip_task.map(sources, store_path=unmapped(store_path), config=unmapped(config))
     manifest = Path(store_path) / "manifest.parquet"
-    rows, pending, last_write = [], [], time.monotonic()
-    with progress(total=len(futures), description="clips") as advance:
-        for future in as_completed(futures):
-            row = future.result()
-            rows.append(row)
-            pending.append(row)
-            advance(row["status"])
-            if time.monotonic() - last_write > MANIFEST_EVERY_S:
-                upsert_manifest(manifest, pending)
-                pending, last_write = [], time.monotonic()
-    return rows
+    return collect_rows(futures, "clips", save=lambda rows: upsert_manifest(manifest, rows), every_s=MANIFEST_EVERY_S)

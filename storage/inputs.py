@@ -65,11 +65,18 @@ def _read_list(list_file: Path, root: Path) -> list[ClipSource]:
     return sources
 
 
+def clip_key_for(path: str | os.PathLike) -> ClipKey:
+    """The key a single video gets outside a dataset: its last three path parts (identity/video/clip when it sits
+    in VoxCeleb layout), made safe for a key."""
+    parts = [safe_name(part) for part in Path(path).with_suffix("").parts[-3:]]
+    return ClipKey(*(["single"] * (3 - len(parts)) + parts))
+
+
 def _checked(root: Path, path: Path, identity: str, video: str, clip: str) -> ClipSource:
     try:
         key = ClipKey(identity, video, clip)
     except ValueError as err:
-        key = ClipKey("invalid", "invalid", _safe_name(f"{identity}_{video}_{clip}"))
+        key = ClipKey("invalid", "invalid", safe_name(f"{identity}_{video}_{clip}"))
         return ClipSource(key, path, str(err))
     real_root = root.resolve()
     real = path.resolve()
@@ -78,5 +85,6 @@ def _checked(root: Path, path: Path, identity: str, video: str, clip: str) -> Cl
     return ClipSource(key, real)
 
 
-def _safe_name(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "_-." else "_" for c in text).lstrip("._-") or "unnamed"
+def safe_name(text: str) -> str:
+    """`text` as a key part or file name: ASCII letters, digits, '_', '-' and '.' (others become '_')."""
+    return "".join(c if (c.isascii() and c.isalnum()) or c in "_-." else "_" for c in text).lstrip("._-") or "unnamed"

@@ -45,8 +45,10 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def upsert_manifest(path: str | os.PathLike, rows: Iterable[Mapping]) -> pd.DataFrame:
-    """Replace the rows of the given clips (matched on identity/video/clip), keep the others, write atomically."""
+def upsert_manifest(path: str | os.PathLike, rows: Iterable[Mapping], key: list[str] = KEY,
+                    columns: list[str] = COLUMNS) -> pd.DataFrame:
+    """Replace the rows of the given items (matched on the `key` columns, by default identity/video/clip), keep the
+    others, write atomically. Columns come in `columns` order, then any others the rows carry."""
     path = Path(path)
     new = pd.DataFrame(list(rows))
     if new.empty:
@@ -56,11 +58,11 @@ def upsert_manifest(path: str | os.PathLike, rows: Iterable[Mapping]) -> pd.Data
         raise ValueError(f"unknown manifest status {sorted(bad)}; expected one of {STATUSES}")
     old = read_manifest(path)
     if not old.empty:
-        replaced = old.set_index(KEY).index.isin(new.set_index(KEY).index)
+        replaced = old.set_index(key).index.isin(new.set_index(key).index)
         old = old[~replaced]
     merged = pd.concat([df for df in (old, new) if not df.empty], ignore_index=True)
-    ordered = [c for c in COLUMNS if c in merged.columns] + [c for c in merged.columns if c not in COLUMNS]
-    merged = merged[ordered].sort_values(KEY, ignore_index=True)
+    ordered = [c for c in columns if c in merged.columns] + [c for c in merged.columns if c not in columns]
+    merged = merged[ordered].sort_values(key, ignore_index=True)
     with atomic_path(path) as partial:
         merged.to_parquet(partial, index=False)
     return merged

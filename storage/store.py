@@ -203,6 +203,10 @@ class ClipStore:
         except FileNotFoundError:
             return None
 
+    def find_source(self, sha256: str) -> list[ClipKey]:
+        """The published clips made from the file with these bytes (a video may have been preprocessed twice)."""
+        return [key for key in self.clips() if self.attrs(key).get("source_sha256") == sha256]
+
     def clip(self, key: ClipKey) -> ClipReader:
         if not self.has(key):
             raise KeyError(f"clip {key} is not in the store {self.root}")

@@ -191,6 +191,18 @@ class VideoReader:
             yield np.stack(batch)
 
 
+def read_frame(path: str | os.PathLike, index: int, fps: float | None = None) -> np.ndarray:
+    """Frame `index` (0-based, after resampling to `fps`) of a video as uint8 [H, W, 3]; VideoError when the video
+    has no such frame. Decodes from the start: meant for one frame, not for seeking through a video."""
+    reader = VideoReader(path, fps=fps)
+    if not 0 <= index < len(reader):
+        raise VideoError(f"has {len(reader)} frames (0 to {len(reader) - 1}); there is no frame {index}")
+    for start, frames in zip(range(0, len(reader), 64), reader.batches(64)):
+        if index < start + len(frames):
+            return frames[index - start]
+    raise VideoError(f"cannot decode frame {index}")  # unreachable: batches() raises when the file ends early
+
+
 def _video_stream(container):
     stream = next((s for s in container.streams if s.type == "video"), None)
     if stream is None:
@@ -212,7 +224,9 @@ class VideoWriter:
     """Stream RGB frames into an H.264 mp4 through an ffmpeg process, optionally muxing audio from another file.
 
     Use as a context manager. The file appears under its final name only after ffmpeg finished successfully, so an
-    interrupted or failed write leaves nothing behind.
+    interrupted or failed write leaves nothing behind. Every frame written is kept: the audio is cut to
+    `audio_seconds` when given, else the output ends with the shorter stream (ffmpeg's -shortest), which can drop
+    frames when the audio is the shorter one.
     """
 
     def __init__(
@@ -223,11 +237,13 @@ class VideoWriter:
         audio_from: str | os.PathLike | None = None,
         crf: int = 18,
         pixel_format: str = "yuv420p",
+        audio_seconds: float | None = None,
     ):
         self.path = Path(path)
         self.fps = fps
         self.width, self.height = size
         self.audio_from = audio_from
+        self.audio_seconds = audio_seconds
         self.crf = crf
         self.pixel_format = pixel_format
         self._partial = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
@@ -240,7 +256,8 @@ class VideoWriter:
         video = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{self.width}x{self.height}", r=self.fps)
         streams = [video]
         if self.audio_from is not None:
-            streams.append(ffmpeg.input(str(self.audio_from)).audio)
+            cut = {"t": f"{self.audio_seconds:.6f}"} if self.audio_seconds is not None else {}
+            streams.append(ffmpeg.input(str(self.audio_from), **cut).audio)
         output = ffmpeg.output(
             *streams,
             str(self._partial),
@@ -249,7 +266,8 @@ class VideoWriter:
             crf=self.crf,
             r=self.fps,
             movflags="+faststart",
-            **({"acodec": "aac", "shortest": None} if self.audio_from is not None else {}),
+            **({"acodec": "aac"} if self.audio_from is not None else {}),
+            **({"shortest": None} if self.audio_from is not None and self.audio_seconds is None else {}),
         )
         self._process = output.overwrite_output().global_args("-loglevel", "error").run_async(
             cmd=ffmpeg_exe(), pipe_stdin=True, pipe_stderr=True

@@ -35,6 +35,7 @@ from pydantic import BaseModel, Field
 from models import MissingWeightsError
 from models.directions import ParamRanges
 from models.face3d import build_face3d, code_layout
+from models.images import to_signed
 from storage.files import atomic_path
 from storage.store import ClipKey, ClipStore
 from storage.weights import WeightsRegistry
@@ -99,7 +100,7 @@ class Encoders:
     @torch.no_grad()
     def invert(self, crops: np.ndarray) -> np.ndarray:
         """uint8 [B, 256, 256, 3] crops -> float16 W+ [B, L, 512]."""
-        images = torch.as_tensor(crops, device=self.device).permute(0, 3, 1, 2).float() / 127.5 - 1
+        images = to_signed(crops, self.device)
         autocast = (torch.autocast("cuda", dtype=_AUTOCAST[self.config.precision])
                     if self.device.type == "cuda" and self.config.precision in _AUTOCAST else nullcontext())
         with autocast:

@@ -24,10 +24,11 @@ from pydantic import BaseModel, Field
 
 from models.detect import align, build_detector
 from models.detect.base import MissingWeightsError
+from models.temporal import nearest_true
 from storage.inputs import ClipSource
 from storage.settings import default_weights_dir
 from storage.store import ClipStore
-from storage.video import VideoError, VideoReader, probe, sha256_file
+from storage.video import VideoError, VideoInfo, VideoReader, probe, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +92,9 @@ def preprocess_clip(source: ClipSource, store: ClipStore, config: PreprocessConf
         if _already_done(store, source, row):
             return _finish(row, "skipped", started)
         reader = VideoReader(source.path, fps=config.fps)
-        batch = max(1, min(config.batch_size, BATCH_BYTES // (info.width * info.height * 3)))
+        batch = decode_batch_size(info, config.batch_size)
         t_analyse = time.perf_counter()
-        landmarks, boxes, has_face, faces = _analyse(reader, batch, config)
+        landmarks, boxes, has_face, faces = analyse_faces(reader, batch, config)
         row["seconds_analyse"] = time.perf_counter() - t_analyse
         t_write = time.perf_counter()
         _write(store, source, reader, batch, config, landmarks, boxes, has_face, faces, info, row)
@@ -121,7 +122,12 @@ def _already_done(store: ClipStore, source: ClipSource, row: dict) -> bool:
     return True
 
 
-def _analyse(reader: VideoReader, batch: int, config: PreprocessConfig):
+def decode_batch_size(info: VideoInfo, wanted: int) -> int:
+    """Frames decoded at once: `wanted`, fewer for very large frames (at most BATCH_BYTES of decoded frames)."""
+    return max(1, min(wanted, BATCH_BYTES // (info.width * info.height * 3)))
+
+
+def analyse_faces(reader: VideoReader, batch: int, config: PreprocessConfig):
     """Pass one: landmarks of the chosen face per frame, and smoothed crop boxes."""
     detector = detector_for(config)
     detections = []
@@ -139,16 +145,6 @@ def _analyse(reader: VideoReader, batch: int, config: PreprocessConfig):
 def _fill_gaps(landmarks: np.ndarray, has_face: np.ndarray) -> np.ndarray:
     """Frames without a face take the landmarks of the nearest frame with one, so the crop holds still there."""
     return landmarks[nearest_true(has_face)]
-
-
-def nearest_true(mask: np.ndarray) -> np.ndarray:
-    """For each position, the index of the nearest True in `mask` (earlier wins a tie); O(T) memory."""
-    good = np.flatnonzero(mask)
-    right = np.clip(np.searchsorted(good, np.arange(len(mask))), 0, len(good) - 1)
-    left = np.clip(right - 1, 0, len(good) - 1)
-    positions = np.arange(len(mask))
-    take_left = np.abs(positions - good[left]) <= np.abs(good[right] - positions)
-    return np.where(take_left, good[left], good[right])
 
 
 def _write(store, source, reader, batch, config, landmarks, boxes, has_face, faces, info, row) -> None:

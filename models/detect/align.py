@@ -25,9 +25,9 @@ from typing import Sequence
 import cv2
 import numpy as np
 from PIL import Image
-from scipy.ndimage import gaussian_filter1d
 
 from models.detect.base import Face
+from models.temporal import gaussian_smooth
 
 SHIFT_UP = 1 / 6  # of the landmarks' larger extent
 CROP_PER_EXTENT = 2.0  # crop side per larger landmark extent
@@ -50,16 +50,14 @@ def crop_box(landmarks: np.ndarray) -> np.ndarray:
 def smooth_boxes(boxes: np.ndarray, sigma: float = 2.0) -> np.ndarray:
     """Boxes [T, 4] with their centres and sides smoothed over time by a centred Gaussian (sigma in frames).
 
-    Preprocessing sees the whole clip, so a centred, zero-lag filter fits: it removes the frame-to-frame jitter of
-    the landmarks without the lag a causal filter (one-euro, exponential) leaves behind real head motion, and a
-    step in position is followed within about 3 sigma on either side. One parameter; 0 leaves the boxes as they are.
-    The ends repeat the first and last box.
+    Preprocessing sees the whole clip, so a zero-lag filter fits (`models.temporal`): it removes the frame-to-frame
+    jitter of the landmarks without lagging behind real head motion. One parameter; 0 leaves the boxes as they are.
     """
     boxes = np.asarray(boxes, np.float64)
     if sigma <= 0 or len(boxes) < 2:
         return boxes.copy()
-    centre = gaussian_filter1d((boxes[:, :2] + boxes[:, 2:]) / 2, sigma, axis=0, mode="nearest")
-    half = gaussian_filter1d(boxes[:, 2] - boxes[:, 0], sigma, mode="nearest")[:, None] / 2
+    centre = gaussian_smooth((boxes[:, :2] + boxes[:, 2:]) / 2, sigma)
+    half = gaussian_smooth(boxes[:, 2] - boxes[:, 0], sigma)[:, None] / 2
     return np.concatenate([centre - half, centre + half], axis=1)
 
 
@@ -151,6 +149,25 @@ def landmarks_to_crop(landmarks: np.ndarray, boxes: np.ndarray, size: int = 256)
     """Frame-pixel landmarks [T, 68, 2] -> pixel coordinates in each frame's crop."""
     scale, offset = crop_transform(boxes, size)
     return landmarks * scale[:, None, None] + offset[:, None, :]
+
+
+def paste_face(frame: np.ndarray, crop: np.ndarray, box: np.ndarray, feather: float = 0.08) -> np.ndarray:
+    """The inverse of `crop_face`: a (generated) crop [S, S, 3] put back where `box` cut it from `frame`.
+
+    The crop is warped into the frame by the inverse of `crop_transform` and blended through a mask that fades to
+    zero over `feather` of the crop's side at its edges, so no seam shows; the parts of the box outside the frame
+    (the padding) are dropped.
+    """
+    height, width = frame.shape[:2]
+    size = crop.shape[0]
+    scale, offset = crop_transform(box, size)
+    to_frame = np.array([[1, 0, -offset[0, 0]], [0, 1, -offset[0, 1]]], np.float64) / scale[0]
+    ramp = np.clip((np.minimum(np.arange(size), size - 1 - np.arange(size)) + 0.5) / max(feather * size, 1e-6), 0, 1)
+    mask = np.minimum.outer(ramp, ramp).astype(np.float32)
+    warped = cv2.warpAffine(crop, to_frame, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    alpha = cv2.warpAffine(mask, to_frame, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    alpha = alpha[..., None]
+    return (frame * (1 - alpha) + warped * alpha + 0.5).astype(np.uint8)
 
 
 def select_faces(faces_per_frame: Sequence[Sequence[Face]], min_iou: float = 0.3) -> tuple[list[Face | None], np.ndarray]:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from models.arcface import EMBEDDING_DIM, FRAME_SIZE, Backbone, arcface_input
+from models.images import to_signed
 
 
 class ArcFaceEmbedder:
@@ -26,8 +27,7 @@ class ArcFaceEmbedder:
         images = np.asarray(images, np.uint8)
         out = []
         for start in range(0, len(images), self.batch_size):
-            pixels = torch.tensor(images[start:start + self.batch_size])
-            frames = pixels.to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1
+            frames = to_signed(images[start:start + self.batch_size], self.device)
             if frames.shape[-2:] != (FRAME_SIZE, FRAME_SIZE):
                 frames = F.interpolate(frames, (FRAME_SIZE, FRAME_SIZE), mode="bilinear", antialias=True)
             out.append(self.backbone(arcface_input(frames)).float().cpu())

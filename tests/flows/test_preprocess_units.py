@@ -1,6 +1,7 @@
 import numpy as np
 
-from tasks.preprocess import PreprocessConfig, nearest_true
+from models.temporal import nearest_true
+from tasks.preprocess import PreprocessConfig
 
 
 def test_nearest_true_matches_brute_force():
