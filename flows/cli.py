@@ -14,6 +14,7 @@ import tasks  # noqa: F401  (Prefect environment defaults first)
 from storage.settings import PROJECT_ROOT
 from tasks.encode import EncodeConfig
 from tasks.preprocess import PreprocessConfig
+from tasks.reenact import ReenactConfig
 from tasks.runners import RunnerConfig
 
 app = typer.Typer(
@@ -26,17 +27,22 @@ DEMO_VIDEOS = PROJECT_ROOT / "data" / "demo" / "voxceleb"
 _pre = PreprocessConfig.model_fields
 _run = RunnerConfig.model_fields
 _enc = EncodeConfig.model_fields
+_ree = ReenactConfig.model_fields
 WEIGHTS_DIR_HELP = "Weights directory (default: $REENACT_WEIGHTS_DIR, else weights/ in the project)."
 
 
 @contextmanager
 def user_errors():
     """Errors in what the user asked for print as one line and exit 2, without a traceback."""
+    from prefect.exceptions import ParameterTypeError
     from pydantic import ValidationError
+
+    from storage.video import VideoError
 
     try:
         yield
-    except (ValueError, FileNotFoundError, KeyError, ValidationError) as err:  # missing weights: FileNotFoundError
+    # missing weights are FileNotFoundErrors, bad reenactment inputs ValueErrors, a refused video a VideoError
+    except (ValueError, FileNotFoundError, KeyError, ValidationError, ParameterTypeError, VideoError) as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(code=2) from err
 
@@ -118,6 +124,110 @@ def encode_dataset_command(
         console.print(f"ranges:   {Path(summary.ranges).resolve()}")
     if summary.failed:
         raise typer.Exit(code=1 if summary.failed == summary.clips else 0)
+
+
+def _reenact_config(weights: str, face3d: Optional[str], truncation: Optional[float], weights_dir: Optional[Path],
+                    device: str, precision: str, batch_size: Optional[int], smoothing: float, fps: Optional[float],
+                    detector: str, grid: bool, paste_back: bool, crf: int) -> ReenactConfig:
+    return ReenactConfig(weights=weights, face3d=face3d, truncation=truncation,
+                         weights_dir=str(weights_dir) if weights_dir else None, device=device, precision=precision,
+                         batch_size=batch_size, smoothing=smoothing, fps=fps, detector=detector, grid=grid,
+                         paste_back=paste_back, crf=crf)
+
+
+@app.command("reenact-video")
+def reenact_video_command(
+    driving: str = typer.Argument(..., help="The driving video (a file), or clip:identity/video/clip of --store."),
+    source: Optional[str] = typer.Option(None, help="The face to animate: an image, a video (see --source-frame) or clip:identity/video/clip of --store. Not with --mode self."),
+    source_frame: int = typer.Option(0, help="Frame of a source video (or store clip) to take the face from."),
+    mode: str = typer.Option("cross", help="'cross': --source performs the driving video; 'self': the driving clip's first frame is the source (the paper's self-reenactment)."),
+    output: Path = typer.Option(Path("outputs/reenacted.mp4"), "--output", "-o", help="The mp4 to write (H.264, the driving video's fps and audio)."),
+    store: Optional[Path] = typer.Option(None, help="A clip store to read crops, face parameters and W+ codes from when it holds the inputs."),
+    cache: bool = typer.Option(False, help="Write inputs that --store lacks into it (preprocess + encode), then read them from there."),
+    weights: str = typer.Option("voxceleb256", help=_ree["weights"].description),
+    face3d: Optional[str] = typer.Option(None, help=_ree["face3d"].description),
+    truncation: Optional[float] = typer.Option(None, help=_ree["truncation"].description),
+    weights_dir: Optional[Path] = typer.Option(None, help=WEIGHTS_DIR_HELP),
+    device: str = typer.Option("auto", help=_ree["device"].description),
+    precision: str = typer.Option("fp32", help=_ree["precision"].description),
+    batch_size: Optional[int] = typer.Option(None, help=_ree["batch_size"].description),
+    smoothing: float = typer.Option(1.0, help=_ree["smoothing"].description),
+    fps: Optional[float] = typer.Option(None, help=_ree["fps"].description),
+    detector: str = typer.Option("dlib", help=_ree["detector"].description),
+    grid: bool = typer.Option(False, help=_ree["grid"].description),
+    paste_back: bool = typer.Option(False, help=_ree["paste_back"].description),
+    crf: int = typer.Option(18, help=_ree["crf"].description),
+) -> None:
+    """Make the source face perform the driving video's head pose and expression, and write it as an mp4.
+
+    w_reenact = w_source + A(p_driving - p_source), rendered by G, frame by frame in batches (on the GPU when there
+    is one). Frames where the driving face is missed keep the last good parameters; the parameters are smoothed over
+    time. Nothing is left at --output when the run fails.
+    """
+    from flows.reenact_video import reenact_video
+    from tasks.reenact import networks_for
+
+    with user_errors():
+        config = _reenact_config(weights, face3d, truncation, weights_dir, device, precision, batch_size, smoothing,
+                                 fps, detector, grid, paste_back, crf)
+        networks_for(config)  # setup problems (unknown set, missing weights) as one line, before the flow starts
+        summary = reenact_video(driving=driving, output=str(output), source=source, source_frame=source_frame,
+                                mode=mode, config=config, store=str(store) if store else None, cache=cache)
+    console.print(f"[bold]{summary.frames} frames[/] at {summary.fps:g} fps, {summary.width}x{summary.height}"
+                  f"{', with audio' if summary.has_audio else ''}; {summary.frames_without_face} without a readable "
+                  f"face; {summary.seconds:.1f} s ({summary.frames_per_second:.1f} frames/s on {summary.device})")
+    console.print(f"video: {Path(summary.output).resolve()}")
+
+
+@app.command("reenact-dataset")
+def reenact_dataset_command(
+    out: Path = typer.Argument(Path("outputs/reenacted"), help="Folder for the videos (videos/<name>.mp4), pairs.parquet and manifest.parquet."),
+    pairs: Optional[Path] = typer.Option(None, help="A .csv/.parquet list of pairs: a 'driving' column, optional 'source', 'source_frame', 'mode' ('cross'/'self'), 'name'. Relative paths resolve against the list's folder."),
+    store: Optional[Path] = typer.Option(None, help="The clip store that --protocol draws from (and that clip: entries name)."),
+    protocol: Optional[str] = typer.Option(None, help="Instead of --pairs: 'self' (every clip of --store drives its own first frame) or 'cross' (--count random pairs of two identities)."),
+    count: int = typer.Option(100, help="Pairs of the cross protocol."),
+    seed: int = typer.Option(0, help="Seed of the cross protocol's draw."),
+    cache: bool = typer.Option(False, help="Write inputs that --store lacks into it first."),
+    limit: Optional[int] = typer.Option(None, help="Reenact only the first N pairs."),
+    weights: str = typer.Option("voxceleb256", help=_ree["weights"].description),
+    face3d: Optional[str] = typer.Option(None, help=_ree["face3d"].description),
+    truncation: Optional[float] = typer.Option(None, help=_ree["truncation"].description),
+    weights_dir: Optional[Path] = typer.Option(None, help=WEIGHTS_DIR_HELP),
+    device: str = typer.Option("auto", help=_ree["device"].description),
+    precision: str = typer.Option("fp32", help=_ree["precision"].description),
+    batch_size: Optional[int] = typer.Option(None, help=_ree["batch_size"].description),
+    smoothing: float = typer.Option(1.0, help=_ree["smoothing"].description),
+    fps: Optional[float] = typer.Option(None, help=_ree["fps"].description),
+    detector: str = typer.Option("dlib", help=_ree["detector"].description),
+    grid: bool = typer.Option(False, help=_ree["grid"].description),
+    paste_back: bool = typer.Option(False, help=_ree["paste_back"].description),
+    crf: int = typer.Option(18, help=_ree["crf"].description),
+    task_runner: str = typer.Option("local", help=_run["kind"].description),
+    workers: int = typer.Option(1, help=_run["workers"].description),
+    dask_address: Optional[str] = typer.Option(None, help=_run["dask_address"].description),
+) -> None:
+    """Reenact many (source, driving) pairs: a list file, or the paper's self / cross protocol over a store.
+
+    Pairs already done with the same settings and inputs are skipped, so a killed run resumes; a failing pair gets a
+    'failed' row in the manifest and the others go on.
+    """
+    from flows.reenact_dataset import reenact_dataset
+    from tasks.reenact import networks_for
+
+    with user_errors():
+        config = _reenact_config(weights, face3d, truncation, weights_dir, device, precision, batch_size, smoothing,
+                                 fps, detector, grid, paste_back, crf)
+        networks_for(config)  # setup problems as one line, before the flow starts
+        runner = RunnerConfig(kind=task_runner, workers=workers, dask_address=dask_address)
+        summary = reenact_dataset(out=str(out), pairs=str(pairs) if pairs else None, store=str(store) if store else None,
+                                  protocol=protocol, count=count, seed=seed, config=config, runner=runner,
+                                  cache=cache, limit=limit)
+    console.print(f"[bold]{summary.pairs} pairs[/]: {summary.ok} ok, {summary.skipped} skipped, {summary.failed} "
+                  f"failed; {summary.frames} frames in {summary.seconds:.1f} s")
+    console.print(f"videos:   {(Path(summary.out) / 'videos').resolve()}")
+    console.print(f"manifest: {Path(summary.manifest).resolve()}")
+    if summary.failed:
+        raise typer.Exit(code=1 if summary.failed == summary.pairs else 0)
 
 
 @app.command()

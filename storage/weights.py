@@ -160,6 +160,18 @@ WEIGHT_FILES: dict[str, WeightFile] = {entry.name: entry for entry in (
         "the project's direction matrix A for the demo generator",
         where_to_get="trained by `reenact train-directions`; not released yet",
         builder="models.directions:DirectionMatrix", config=_DIRECTIONS, config_from_entries=_DIRECTIONS_FROM_ENTRIES),
+    WeightFile(
+        "lpips-alexnet", "alexnet-owt-7be5be79.pth",
+        "torchvision's ImageNet AlexNet, the LPIPS trunk (read by models.metrics.lpips; also found in torch hub's "
+        "checkpoints folder); LPIPS's v0.1 heads ship in the lpips wheel",
+        where_to_get="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth (torchvision "
+                     "AlexNet_Weights.IMAGENET1K_V1)"),
+    WeightFile(
+        "fid-inception", "pt_inception-2015-12-05-6726825d.pth",
+        "FID's Inception-v3 (TensorFlow 2015-12-05, pytorch-fid's port; read by models.metrics.inception; also found "
+        "in torch hub's checkpoints folder)",
+        where_to_get="https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+                     "pt_inception-2015-12-05-6726825d.pth"),
 )}
 
 WEIGHT_SETS: dict[str, tuple[str, ...]] = {
@@ -167,6 +179,37 @@ WEIGHT_SETS: dict[str, tuple[str, ...]] = {
                     "flame", "flame-landmark-embedding"),
     "demo": ("demo-generator", "demo-encoder", "demo-directions"),
 }
+
+
+@dataclass(frozen=True)
+class ReenactionSet:
+    """The networks one reenactment runs, by registry name, and the Net3D whose units A was trained in.
+
+    A's [min, max] table (the map of that Net3D's jaw and expressions to A's units) travels in the directions file
+    as its `ranges` entry; the official A_matrix.pt has none and uses the official table that ships with the code.
+    `truncation`: what the set's own inference renders with (the official one: 0.7 towards G's mean w).
+    """
+
+    generator: str
+    encoder: str
+    directions: str
+    face3d: str
+    truncation: float = 1.0
+
+
+REENACTION_SETS: dict[str, ReenactionSet] = {
+    "voxceleb256": ReenactionSet("stylegan2-voxceleb256", "e4e-voxceleb256", "directions-voxceleb256", face3d="deca",
+                                 truncation=0.7),
+    "demo": ReenactionSet("demo-generator", "demo-encoder", "demo-directions", face3d="synth-regressor"),
+}
+
+
+def reenaction_set(name: str) -> ReenactionSet:
+    """The named set, or an error that lists the known ones."""
+    try:
+        return REENACTION_SETS[name]
+    except KeyError:
+        raise UnknownWeightsError(f"no weights set named {name!r}; known: {', '.join(REENACTION_SETS)}") from None
 
 
 def resolve_weights_dir(explicit: str | os.PathLike | None = None) -> Path:
@@ -232,11 +275,16 @@ class WeightsRegistry:
 
     def get(self, name: str, device: str | torch.device = "cpu") -> nn.Module:
         """The network `name`, built, loaded with strict=True, in eval mode, on `device`."""
+        return self.load(name, device)[0]
+
+    def load(self, name: str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+        """The network `name` as `get` returns it, and the file's plain entries (e.g. A's `shift_scale`)."""
         entry = self.entry(name)
         if entry.builder is None:
             raise ValueError(f"{name} is a data file read by its own loader, not a network built here; "
                              f"use registry.path({name!r}) -> {self.root / entry.filename}")
-        return build_loaded(entry.builder, self.load_state(name)).to(device).eval()
+        loaded = self.load_state(name)
+        return build_loaded(entry.builder, loaded).to(device).eval(), loaded.entries
 
     def status(self, weights_set: str | None = None) -> list[dict[str, Any]]:
         """One row per file (of one set, or all): name, path, present, size, sha256_ok (None: no hash pinned)."""

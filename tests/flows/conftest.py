@@ -59,3 +59,11 @@ def prefect_server(tmp_path_factory):
     yield env
     stop(server)
     log.close()
+
+
+@pytest.fixture(scope="session")
+def official_weights(tmp_path_factory) -> Path:
+    """A weights directory of the official release's files (layouts and names), holding fixed random weights."""
+    from tests.weights import write_official_weights
+
+    return write_official_weights(tmp_path_factory.mktemp("official-weights"))

@@ -8,8 +8,18 @@ runner = CliRunner()
 def test_help_lists_one_command_per_flow():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("preprocess-dataset", "demo", "store-info", "weights"):
+    for command in ("preprocess-dataset", "encode-dataset", "make-synthetic-dataset", "reenact-video",
+                    "reenact-dataset", "demo", "store-info", "weights"):
         assert command in result.output
+
+
+def test_reenact_help_explains_sources_modes_and_outputs():
+    result = runner.invoke(app, ["reenact-video", "--help"])
+    assert result.exit_code == 0
+    text = " ".join(result.output.replace("│", " ").split())  # the help's wrapped columns as running text
+    for words in ("The driving video (a file)", "--source-frame", "'self': the driving clip's first frame is the source",
+                  "--paste-back", "--grid", "Gaussian sigma in frames", "--store", "--cache", "'voxceleb256'"):
+        assert words in text
 
 
 def test_preprocess_help_explains_inputs_and_options():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 
 from storage.manifest import read_manifest
 from storage.store import ClipStore
+from storage.video import probe
 from tests.flows.conftest import BIN, ROOT, stop
 from tests.media import DEMO_VIDEOS
 
@@ -93,7 +95,7 @@ def _single_clip_reference(tmp_path: Path, store: ClipStore) -> np.ndarray:
 
 @pytest.mark.slow
 @pytest.mark.server
-def test_deployment_run_through_a_real_server(tmp_path, prefect_server):
+def test_deployment_runs_through_a_real_server(tmp_path, prefect_server, official_weights):
     env = prefect_server
     prefect = str(BIN / "prefect")
 
@@ -111,9 +113,17 @@ def test_deployment_run_through_a_real_server(tmp_path, prefect_server):
         out = cli("deployment", "run", "preprocess-dataset/nightly", "--param", f"store={store_path}",
                   "--param", "limit=2", "--watch", "--watch-timeout", "400", timeout=500)
         assert "Completed" in out, out
+        video = tmp_path / "reenacted.mp4"
+        config = json.dumps({"weights_dir": str(official_weights), "face3d": "landmark-fit"})
+        out = cli("deployment", "run", "reenact-video/on-demand", "--param", f"output={video}",
+                  "--param", f"config={config}", "--watch", "--watch-timeout", "400", timeout=500)
+        assert "Completed" in out, out
     finally:
         stop(worker)
     store = ClipStore.open(store_path)
     assert len(store.clips()) == 2
     _assert_complete(store)
     assert set(read_manifest(store.manifest_path)["status"]) == {"ok"}
+    demo_clip = probe(DEMO_VIDEOS / "id00001" / "astronaut01" / "00001.mp4")
+    reenacted = probe(video)  # the deployment's default driving clip, at its own rate, with its audio
+    assert (reenacted.frames, reenacted.fps, reenacted.has_audio) == (demo_clip.frames, demo_clip.fps, True)

@@ -1,0 +1,99 @@
+"""`reenact-dataset`: reenact a list of (source, driving) pairs, or the paper's self / cross protocol over a store."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Literal
+
+from prefect import flow, get_run_logger, unmapped
+from pydantic import BaseModel
+
+import tasks  # noqa: F401
+from storage.manifest import upsert_manifest
+from storage.store import ClipStore
+from tasks.progress import collect_rows
+from tasks.protocols import ReenactPair, cross_pairs, read_pairs, self_pairs, write_pairs
+from tasks.reenact import ReenactConfig, networks_for
+from tasks.reenact_batch import PAIR_COLUMNS, reenact_pair_task
+from tasks.runners import RunnerConfig
+
+MANIFEST = "manifest.parquet"
+PAIRS = "pairs.parquet"
+MANIFEST_EVERY_S = 10.0
+
+
+class ReenactDatasetSummary(BaseModel):
+    out: str
+    manifest: str
+    pairs_file: str
+    pairs: int
+    ok: int
+    skipped: int
+    failed: int
+    frames: int
+    seconds: float
+
+
+@flow(name="reenact-dataset", log_prints=True)
+def reenact_dataset(
+    out: str = "outputs/reenacted",
+    pairs: str | None = None,
+    store: str | None = None,
+    protocol: Literal["self", "cross"] | None = None,
+    count: int = 100,
+    seed: int = 0,
+    config: ReenactConfig = ReenactConfig(),
+    runner: RunnerConfig = RunnerConfig(),
+    cache: bool = False,
+    limit: int | None = None,
+) -> ReenactDatasetSummary:
+    """Reenact every pair of the list file `pairs`, or of `protocol` over `store` (self: each clip drives its own
+    first frame; cross: `count` random pairs of two identities, drawn with `seed`), into `out`.
+
+    Pairs already done with the same settings and inputs are skipped; the pair list is saved as pairs.parquet.
+    """
+    started = time.perf_counter()
+    if (pairs is None) == (protocol is None):
+        raise ValueError("give either a pair list (pairs) or a protocol over a store (protocol), not both")
+    if protocol is not None and store is None:
+        raise ValueError(f"the {protocol} protocol draws its pairs from a clip store: give the store")
+    clip_store = ClipStore.open(store, create=cache) if store else None
+    chosen = read_pairs(pairs) if pairs else (self_pairs(clip_store) if protocol == "self"
+                                              else cross_pairs(clip_store, count, seed))
+    chosen = chosen[:limit] if limit is not None else chosen
+    if not chosen:
+        raise ValueError(f"no pairs to reenact ({pairs or f'the {protocol} protocol over {store}'})")
+    networks_for(config)  # fail fast on a setup problem before any pair
+    logger = get_run_logger()
+    out_dir = Path(out)
+    pairs_file = write_pairs(chosen, out_dir / PAIRS)
+    manifest = out_dir / MANIFEST
+    logger.info("reenacting %d pairs into %s with the %s weights", len(chosen), out_dir, config.weights)
+    rows = _reenact_pairs.with_options(task_runner=runner.build())(chosen, str(out_dir), config, store, cache,
+                                                                    str(manifest))
+    _write_manifest(manifest, rows)
+    for row in rows:
+        if row["status"] == "failed":
+            logger.warning("failed %s: %s", row["name"], row["error"])
+    counts = {status: sum(row["status"] == status for row in rows) for status in ("ok", "skipped", "failed")}
+    summary = ReenactDatasetSummary(
+        out=str(out_dir), manifest=str(manifest), pairs_file=str(pairs_file), pairs=len(rows),
+        frames=int(sum(row.get("frames") or 0 for row in rows if row["status"] != "failed")),
+        seconds=time.perf_counter() - started, **counts)
+    logger.info("done: %s", summary.model_dump_json())
+    return summary
+
+
+@flow(name="reenact-pairs")
+def _reenact_pairs(pairs: list[ReenactPair], out: str, config: ReenactConfig, store: str | None, cache: bool,
+                   manifest: str) -> list[dict]:
+    """Fan the pairs out on the chosen task runner; rewrite the manifest as results arrive."""
+    futures = reenact_pair_task.map(pairs, out=unmapped(out), config=unmapped(config), store=unmapped(store),
+                                    cache=unmapped(cache))
+    return collect_rows(futures, "pairs", save=lambda rows: _write_manifest(Path(manifest), rows),
+                        every_s=MANIFEST_EVERY_S)
+
+
+def _write_manifest(path: Path, rows: list[dict]) -> None:
+    upsert_manifest(path, rows, key=["name"], columns=PAIR_COLUMNS)

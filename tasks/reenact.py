@@ -1,0 +1,525 @@
+"""Reenactment of one driving video by one source face: prepare the source and the driving track, render.
+
+    networks = networks_for(config)                             # G, A, the encoder and the Net3D, loaded once
+    source, driving = prepare_inputs("driving.mp4", "photo.jpg", 0, "cross", config)
+    summary = render_video(source, driving, "out.mp4", config)  # streamed to an H.264 mp4 with the audio
+
+`prepare_inputs` is `prepare_source` (crop, W+ and face parameters of an image, a video frame or a store clip's
+frame) and `prepare_driving` (per-frame face parameters, filled and smoothed); self-reenactment takes
+`source_of_driving`, the driving clip's first frame, instead of a source.
+
+The driving video goes through the same steps as preprocessing and encoding (detect, choose one face, crop on
+smoothed boxes, Net3D per crop), in passes that hold one batch of frames at a time, so memory does not grow with the
+video's length. Frames where the face is missed or unreadable keep the last good parameters (and are counted); the
+parameters are then smoothed over time by a centred Gaussian (`ReenactConfig.smoothing`, sigma in frames), so
+estimation noise does not become flicker.
+
+With a clip store, inputs it already holds are read from it instead of recomputed: a video is found by its bytes'
+sha256 (at the same frame rate), and its face3d and inversion stages are used when they were written with the same
+Net3D and encoder weights. `clip:<identity>/<video>/<clip>` names a store clip directly. `cache=True` first writes
+missing inputs into the store (preprocess-dataset's and encode-dataset's own per-clip code), then reads them back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Literal
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, Field
+from tqdm.auto import tqdm
+
+from models.detect import align
+from models.directions import NUM_PARAMS, SHIFT_SCALE, ParamRanges
+from models.images import to_pixels
+from models.reenact import Reenactor
+from models.temporal import false_runs, gaussian_smooth, last_true
+from storage.inputs import ClipSource, clip_key_for
+from storage.store import ClipKey, ClipReader, ClipStore
+from storage.video import VideoError, VideoReader, VideoWriter, probe, read_frame, sha256_file
+from storage.weights import WeightsRegistry, reenaction_set
+from tasks.encode import _AUTOCAST, FACE3D, INVERSION, EncodeConfig, Precision, encode_clip, encoders_for
+from tasks.preprocess import (NoFaceError, PreprocessConfig, analyse_faces, decode_batch_size, detector_for,
+                              preprocess_clip)
+
+log = logging.getLogger(__name__)
+
+CLIP_PREFIX = "clip:"  # names a clip of the store instead of a file: clip:id00001/astronaut01/00001
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+CROP_SIZE = 256
+ANALYSIS_BATCH = 32  # frames decoded, cropped and read by the Net3D at once
+Mode = Literal["cross", "self"]
+
+
+class ReenactInputError(ValueError):
+    """A source or driving input that cannot be reenacted; the message names the input and says why."""
+
+
+class ReenactConfig(BaseModel):
+    """Everything that decides a reenacted video (the batch size and device only decide how fast)."""
+
+    weights: str = Field("voxceleb256", description="Weights set: 'voxceleb256' (the official release) or 'demo' (the project's small networks).")
+    face3d: str | None = Field(None, description="Net3D backend that reads pose and expression; default: the one the set's A was trained with (deca for voxceleb256, synth-regressor for demo).")
+    truncation: float | None = Field(None, gt=0, le=1, description="Truncation of the shifted W+ towards G's mean w; default: the set's (0.7 as the official inference for voxceleb256, 1 = none for demo).")
+    weights_dir: str | None = Field(None, description="Weights directory (default: $REENACT_WEIGHTS_DIR, else weights/).")
+    device: str = Field("auto", description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
+    precision: Precision = Field("fp32", description="Arithmetic of the networks on a GPU: fp32, bf16 or fp16 (CPU always runs fp32).")
+    batch_size: int | None = Field(None, ge=1, description="Frames generated at once; default 1 on a CPU (StyleGAN2's per-sample convolutions run fastest one image at a time there), 32 on a GPU.")
+    smoothing: float = Field(1.0, ge=0, description="Temporal smoothing of the driving face's parameters: Gaussian sigma in frames (0 = off).")
+    fps: float | None = Field(None, gt=0, description="Resample the driving video to this frame rate; None keeps its own.")
+    detector: str = Field("dlib", description="Face detector: 'dlib' (offline default) or 'retinaface' (user weights).")
+    grid: bool = Field(False, description="Write source | driving | result side by side instead of the result alone.")
+    paste_back: bool = Field(False, description="Paste the generated face back into the driving video's full frame.")
+    crf: int = Field(18, ge=0, le=51, description="x264 quality of the output (lower is better, larger files).")
+
+    def preprocess_config(self) -> PreprocessConfig:
+        return PreprocessConfig(fps=self.fps, detector=self.detector, weights_dir=self.weights_dir)
+
+    def encode_config(self) -> EncodeConfig:
+        weights = reenaction_set(self.weights)
+        return EncodeConfig(stages=[FACE3D, INVERSION], face3d=self.face3d or weights.face3d, encoder=weights.encoder,
+                            weights_dir=self.weights_dir, precision=self.precision, batch_size=ANALYSIS_BATCH,
+                            device=self.device)
+
+    def output_hash(self) -> str:
+        """The hash of the settings that change the output video (a reenacted file records it)."""
+        fields = self.model_dump(exclude={"batch_size", "device", "weights_dir"})
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --- the networks ------------------------------------------------------------------------------------------------------
+
+class ReenactNetworks:
+    """G and A of a weights set, with the encoder and the Net3D of encode-dataset (shared with it), loaded once."""
+
+    def __init__(self, config: ReenactConfig):
+        self.config = config
+        weights = reenaction_set(config.weights)
+        self.encode_config = config.encode_config()
+        self.encoders = encoders_for(self.encode_config)  # the face3d backend and the W+ encoder, cached per process
+        self.device = self.encoders.device
+        registry = WeightsRegistry(config.weights_dir)
+        generator = registry.get(weights.generator, self.device)
+        directions, entries = registry.load(weights.directions, self.device)
+        # the demo directions carry the table of their own Net3D; the official file uses the official table
+        ranges = ParamRanges(np.asarray(entries["ranges"], np.float64)) if "ranges" in entries else ParamRanges.load()
+        truncation = config.truncation if config.truncation is not None else weights.truncation
+        self.reenactor = Reenactor(generator, directions, ranges, float(entries.get("shift_scale", SHIFT_SCALE)),
+                                   truncation).eval()
+        self.weights_sha256 = {name: registry.sha256(name)
+                               for name in (weights.generator, weights.encoder, weights.directions)}
+
+    def _autocast(self):
+        precision = self.config.precision
+        return (torch.autocast("cuda", dtype=_AUTOCAST[precision])
+                if self.device.type == "cuda" and precision in _AUTOCAST else nullcontext())
+
+    @torch.no_grad()
+    def generate(self, source: SourceFace, driving_params: np.ndarray) -> np.ndarray:
+        """uint8 [B, 256, 256, 3]: the source with each row of driving parameters [B, 15]."""
+        wplus = torch.as_tensor(source.wplus[None], dtype=torch.float32, device=self.device)
+        params = torch.as_tensor(source.params[None], dtype=torch.float32, device=self.device)
+        driving = torch.as_tensor(driving_params, dtype=torch.float32, device=self.device)
+        with self._autocast():
+            images = self.reenactor(wplus, params, driving)
+        return to_pixels(images)
+
+    def estimate(self, crops: np.ndarray, landmarks: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Face parameters float32 [B, 15] and found [B] of crops (with their crop-space landmarks if known)."""
+        estimate = self.encoders.face3d.estimate(crops, landmarks)
+        return estimate.to_array()[:, :NUM_PARAMS], estimate.found.cpu().numpy()
+
+    def invert(self, crops: np.ndarray) -> np.ndarray:
+        return self.encoders.invert(crops).astype(np.float32)
+
+
+_lock = threading.Lock()
+_networks: dict[str, ReenactNetworks] = {}
+
+
+def networks_for(config: ReenactConfig) -> ReenactNetworks:
+    """One set of networks per process and config (threads share them: inference only)."""
+    key = config.model_dump_json(include={"weights", "face3d", "truncation", "weights_dir", "device", "precision"})
+    with _lock:
+        if key not in _networks:
+            _networks[key] = ReenactNetworks(config)
+        return _networks[key]
+
+
+# --- the driving video -------------------------------------------------------------------------------------------------
+
+@dataclass
+class DrivingTrack:
+    """The driving face over time, and where its frames come from (the store's crops, or the video cut anew)."""
+
+    name: str
+    params: np.ndarray  # [T, 15] what drives A: filled where the face was not read, then smoothed
+    read: np.ndarray  # [T] bool: the face was detected and read in this frame
+    fps: float
+    boxes: np.ndarray  # [T, 4] crop squares in the video's frame pixels
+    video: Path | None  # the file: decoded when the crops are not stored, or for paste-back; its audio is muxed
+    resample_fps: float | None  # the rate the frames were sampled at from `video` (None: its own)
+    has_audio: bool
+    clip: ClipReader | None = None  # the store's clip, when it holds the crops
+    inversion: np.ndarray | None = None  # the store's W+ of frame 0 when its inversion stage fits the encoder
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    def batches(self, size: int, full_frames: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """(crops [B, 256, 256, 3], the full frames [B, H, W, 3] if asked for, else None), in order."""
+        if self.clip is not None and not full_frames:
+            for start in range(0, len(self), size):
+                yield self.clip.frames(start, min(start + size, len(self))), None
+            return
+        if self.video is None or not self.video.is_file():
+            raise ReenactInputError(f"driving {self.name}: its full frames need the video file, which is not at "
+                                    f"{self.video}")
+        reader = VideoReader(self.video, fps=self.resample_fps)
+        if len(reader) != len(self):
+            raise ReenactInputError(f"driving {self.name}: {self.video} decodes to {len(reader)} frames, the store "
+                                    f"has {len(self)}")
+        for start, frames in zip(range(0, len(self), size), reader.batches(size)):
+            stop = start + len(frames)
+            crops = self.clip.frames(start, stop) if self.clip is not None else \
+                align.crop_faces(frames, self.boxes[start:stop], CROP_SIZE)
+            yield crops, (frames if full_frames else None)
+
+    def first_crop(self) -> np.ndarray:
+        return next(self.batches(1))[0][0]
+
+
+def prepare_driving(driving: str, config: ReenactConfig, store: ClipStore | None = None,
+                    cache: bool = False) -> DrivingTrack:
+    """The driving track of a video file, or of a store clip (`clip:identity/video/clip`)."""
+    networks = networks_for(config)
+    if driving.startswith(CLIP_PREFIX):
+        return _driving_from_store(_store_key(driving, store), store, networks, config, cache)
+    path = _readable(driving, "driving video")
+    try:
+        info = probe(path)
+    except VideoError as err:
+        raise ReenactInputError(f"driving video {path}: {err}") from err
+    fps = config.fps or info.fps
+    if store is not None:
+        key = _stored_video(path, fps, store, config, cache)
+        if key is not None:
+            return _driving_from_store(key, store, networks, config, cache)
+    reader = VideoReader(path, fps=config.fps)
+    try:
+        landmarks, boxes, has_face, _ = analyse_faces(reader, decode_batch_size(info, ANALYSIS_BATCH),
+                                                      config.preprocess_config())
+    except NoFaceError as err:
+        raise ReenactInputError(f"driving video {path}: {err}") from err
+    track = DrivingTrack(str(path), np.zeros((len(reader), NUM_PARAMS), np.float32), has_face, reader.fps, boxes,
+                         path, config.fps, info.has_audio)
+    _read_parameters(track, align.landmarks_to_crop(landmarks, boxes, CROP_SIZE), networks, config)
+    return track
+
+
+def _driving_from_store(key: ClipKey, store: ClipStore, networks: ReenactNetworks, config: ReenactConfig,
+                        cache: bool) -> DrivingTrack:
+    clip = store.clip(key)
+    attrs = clip.attrs
+    video = Path(attrs["source_path"]) if attrs.get("source_path") else None
+    has_audio = bool(attrs.get("source", {}).get("has_audio")) and video is not None and video.is_file()
+    track = DrivingTrack(f"{CLIP_PREFIX}{key}", np.zeros((len(clip), NUM_PARAMS), np.float32), clip["has_face"][:],
+                         float(attrs["fps"]), clip.boxes[:], video, attrs.get("config", {}).get("fps"), has_audio,
+                         clip=clip)
+    face3d = _stage_if_current(store, key, FACE3D, networks, cache)
+    if face3d is not None:
+        log.info("driving %s: face parameters from the store", track.name)
+        track.read = track.read & face3d["found"][:]
+        _fill_and_smooth(track, face3d["params"][:, :NUM_PARAMS], config.smoothing)
+    else:
+        _read_parameters(track, clip.landmarks[:], networks, config)
+    inversion = _stage_if_current(store, key, INVERSION, networks, cache=False)
+    if inversion is not None:
+        track.inversion = inversion["wplus"][0].astype(np.float32)
+    return track
+
+
+def _read_parameters(track: DrivingTrack, landmarks: np.ndarray, networks: ReenactNetworks,
+                     config: ReenactConfig) -> None:
+    """Net3D over every crop of the track, in batches, then filled and smoothed into `track.params`."""
+    raw = np.zeros((len(track), NUM_PARAMS), np.float32)
+    found = np.zeros(len(track), bool)
+    for start, (crops, _) in zip(range(0, len(track), ANALYSIS_BATCH), track.batches(ANALYSIS_BATCH)):
+        stop = start + len(crops)
+        raw[start:stop], found[start:stop] = networks.estimate(crops, landmarks[start:stop])
+    track.read = track.read & found
+    _fill_and_smooth(track, raw, config.smoothing)
+
+
+def _fill_and_smooth(track: DrivingTrack, raw: np.ndarray, sigma: float) -> None:
+    if not track.read.any():
+        raise ReenactInputError(f"driving {track.name}: no frame has a face the Net3D could read")
+    held = raw[last_true(track.read)]
+    track.params = gaussian_smooth(held, sigma).astype(np.float32)
+
+
+# --- the source face ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class SourceFace:
+    """The face to animate: its aligned crop, its W+ code and its face parameters."""
+
+    name: str
+    crop: np.ndarray  # uint8 [256, 256, 3]
+    wplus: np.ndarray  # float32 [L, 512]
+    params: np.ndarray  # float32 [15]
+    from_store: bool
+
+
+def check_request(source: str | None, frame: int, mode: Mode) -> None:
+    """The source and mode must agree: cross needs a source, self takes the driving clip's first frame."""
+    if mode == "self" and source is not None:
+        raise ReenactInputError("self-reenactment takes its source from the driving clip's first frame; "
+                                "give no source (or use mode 'cross')")
+    if mode == "cross" and source is None:
+        raise ReenactInputError("cross-reenactment needs a source: an image, a video (with a frame index) or "
+                                f"{CLIP_PREFIX}identity/video/clip")
+    if frame < 0:
+        raise ReenactInputError(f"source frame must be 0 or more, got {frame}")
+
+
+def source_of_driving(driving: DrivingTrack, config: ReenactConfig) -> SourceFace:
+    """The paper's self-reenactment source: the driving clip's first frame, with the smoothed parameters of frame 0
+    (so frame 0 of the output is the source's own reconstruction) and the store's W+ when it has one."""
+    crop = driving.first_crop()
+    stored = driving.inversion is not None
+    wplus = driving.inversion if stored else networks_for(config).invert(crop[None])[0]
+    return SourceFace(f"{driving.name} frame 0", crop, wplus, driving.params[0], from_store=stored)
+
+
+def prepare_inputs(driving: str, source: str | None, frame: int, mode: Mode, config: ReenactConfig,
+                   store: ClipStore | None = None, cache: bool = False) -> tuple[SourceFace, DrivingTrack]:
+    """The source face and the driving track of one reenactment. Cross mode reads the source first, so that a
+    source without a face fails before the whole driving video is read."""
+    check_request(source, frame, mode)
+    if mode == "self":
+        driving_track = prepare_driving(driving, config, store, cache)
+        return source_of_driving(driving_track, config), driving_track
+    face = prepare_source(source, frame, config, store, cache)
+    return face, prepare_driving(driving, config, store, cache)
+
+
+def prepare_source(source: str, frame: int, config: ReenactConfig, store: ClipStore | None = None,
+                   cache: bool = False) -> SourceFace:
+    """The face of `source`: an image, frame `frame` of a video, or a store clip's frame (`clip:...`)."""
+    check_request(source, frame, "cross")
+    networks = networks_for(config)
+    if source.startswith(CLIP_PREFIX):
+        return _source_from_store(_store_key(source, store), frame, store, networks)
+    path = _readable(source, "source")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return _source_from_pixels(str(path), _read_image(path), networks, config)
+    try:
+        info = probe(path)
+    except VideoError as err:
+        raise ReenactInputError(f"source {path} is neither an image nor a video: {err}") from err
+    if store is not None:
+        key = _stored_video(path, config.fps or info.fps, store, config, cache)
+        if key is not None:
+            return _source_from_store(key, frame, store, networks)
+    try:
+        image = read_frame(path, frame, fps=config.fps)
+    except VideoError as err:
+        raise ReenactInputError(f"source video {path}: {err}") from err
+    return _source_from_pixels(f"{path} frame {frame}", image, networks, config)
+
+
+def _source_from_pixels(name: str, image: np.ndarray, networks: ReenactNetworks, config: ReenactConfig) -> SourceFace:
+    """Detect the largest face, crop it as preprocessing does, read its parameters and invert it."""
+    faces = detector_for(config.preprocess_config()).detect(image[None])[0]
+    if not faces:
+        raise ReenactInputError(f"source {name}: no face found")
+    face = max(faces, key=lambda found: found.area)
+    box = align.crop_box(face.landmarks)
+    crop = align.crop_face(image, box, CROP_SIZE)
+    landmarks = align.landmarks_to_crop(face.landmarks[None], box[None], CROP_SIZE)
+    params, found = networks.estimate(crop[None], landmarks)
+    if not found[0]:
+        raise ReenactInputError(f"source {name}: the {networks.encode_config.face3d} backend could not read the face")
+    return SourceFace(name, crop, networks.invert(crop[None])[0], params[0], from_store=False)
+
+
+def _source_from_store(key: ClipKey, frame: int, store: ClipStore, networks: ReenactNetworks) -> SourceFace:
+    clip = store.clip(key)
+    if frame >= len(clip):
+        raise ReenactInputError(f"source {CLIP_PREFIX}{key} has {len(clip)} frames (0 to {len(clip) - 1}); "
+                                f"there is no frame {frame}")
+    crop = clip.frames(frame, frame + 1)[0]
+    face3d = _stage_if_current(store, key, FACE3D, networks, cache=False)
+    inversion = _stage_if_current(store, key, INVERSION, networks, cache=False)
+    if face3d is not None and face3d["found"][frame]:
+        params = face3d["params"][frame, :NUM_PARAMS]
+    else:
+        params, found = networks.estimate(crop[None], clip.landmarks[frame:frame + 1])
+        if not found[0]:
+            raise ReenactInputError(f"source {CLIP_PREFIX}{key} frame {frame}: the "
+                                    f"{networks.encode_config.face3d} backend could not read the face")
+        params = params[0]
+    wplus = inversion["wplus"][frame] if inversion is not None else networks.invert(crop[None])[0]
+    return SourceFace(f"{CLIP_PREFIX}{key} frame {frame}", crop, np.asarray(wplus, np.float32),
+                      np.asarray(params, np.float32), from_store=inversion is not None)
+
+
+# --- the store ---------------------------------------------------------------------------------------------------------
+
+def _store_key(text: str, store: ClipStore | None) -> ClipKey:
+    if store is None:
+        raise ReenactInputError(f"{text} names a store clip: give the store too")
+    key = ClipKey.parse(text[len(CLIP_PREFIX):])
+    if not store.has(key):
+        raise ReenactInputError(f"{text} is not in the store {store.root}")
+    return key
+
+
+def _stored_video(path: Path, fps: float, store: ClipStore, config: ReenactConfig, cache: bool) -> ClipKey | None:
+    """The store's clip of this file at this frame rate; with `cache`, preprocess it into the store first."""
+    digest = sha256_file(path)
+    for key in store.find_source(digest):
+        attrs = store.attrs(key)
+        if abs(float(attrs.get("fps", 0)) - fps) < 1e-3 and attrs.get("config", {}).get("crop_size") == CROP_SIZE:
+            log.info("%s: using the store's clip %s", path, key)
+            return key
+    if not cache:
+        return None
+    row = preprocess_clip(ClipSource(clip_key_for(path), path), store, config.preprocess_config())
+    if row["status"] == "failed":
+        raise ReenactInputError(f"{path}: {row['error']}")
+    return clip_key_for(path)
+
+
+def _stage_if_current(store: ClipStore, key: ClipKey, stage: str, networks: ReenactNetworks, cache: bool):
+    """The clip's stage group when it was written with these networks; with `cache`, write it first."""
+    wanted = networks.encoders.hashes[stage]
+    if (store.stage_attrs(key, stage) or {}).get("config_hash") != wanted and cache:
+        encode_clip(key, store, networks.encode_config.model_copy(update={"stages": [stage]}))
+    if (store.stage_attrs(key, stage) or {}).get("config_hash") != wanted:
+        return None
+    return store.clip(key).stage(stage)
+
+
+# --- the output --------------------------------------------------------------------------------------------------------
+
+def render_video(source: SourceFace, driving: DrivingTrack, output: str | Path, config: ReenactConfig) -> dict:
+    """Generate every driving frame and stream it to `output` (H.264 at the driving fps, the driving audio muxed).
+
+    The file appears only when it is complete; a failure leaves nothing at `output`. Returns the summary."""
+    output = Path(output)
+    if output.suffix.lower() != ".mp4":
+        raise ReenactInputError(f"output must be an .mp4 file, got {output}")
+    networks = networks_for(config)
+    started = time.perf_counter()
+    pictures = _pictures(source, driving, networks, config)
+    first = next(pictures)
+    size = (first.shape[2], first.shape[1])
+    with VideoWriter(output, driving.fps, size, audio_from=driving.video if driving.has_audio else None,
+                     crf=config.crf, audio_seconds=len(driving) / driving.fps) as writer:
+        writer.write(first)
+        for picture in pictures:
+            writer.write(picture)
+    return {
+        "output": str(output), "frames": len(driving), "fps": driving.fps, "has_audio": driving.has_audio,
+        "width": size[0], "height": size[1], "source": source.name, "driving": driving.name,
+        "source_from_store": source.from_store, "driving_from_store": driving.clip is not None,
+        "frames_without_face": int((~driving.read).sum()), "stretches_without_face": false_runs(driving.read),
+        "weights": config.weights, "face3d": networks.encode_config.face3d, "device": str(networks.device),
+        "config_hash": config.output_hash(), "seconds_render": time.perf_counter() - started,
+    }
+
+
+def _pictures(source: SourceFace, driving: DrivingTrack, networks: ReenactNetworks,
+              config: ReenactConfig) -> Iterator[np.ndarray]:
+    """The output frames, batch by batch: the generated crops, pasted back and/or beside the inputs if asked."""
+    size = config.batch_size or (32 if networks.device.type == "cuda" else 1)
+    batches = driving.batches(size, full_frames=config.paste_back)
+    with tqdm(total=len(driving), desc="reenact", unit="frame", disable=None, dynamic_ncols=True) as bar:
+        for start, (crops, frames) in zip(range(0, len(driving), size), batches):
+            stop = start + len(crops)
+            result = networks.generate(source, driving.params[start:stop])
+            if config.paste_back:
+                result = np.stack([align.paste_face(frame, face, box)
+                                   for frame, face, box in zip(frames, result, driving.boxes[start:stop])])
+                crops = frames
+            yield _even(_compose(source.crop, crops, result) if config.grid else result)
+            bar.update(stop - start)
+
+
+def _compose(source: np.ndarray, driving: np.ndarray, result: np.ndarray) -> np.ndarray:
+    """source | driving | result side by side, each panel at the height of the result."""
+    height = result.shape[1]
+    panels = []
+    for images in (np.broadcast_to(source, (len(result), *source.shape)), driving, result):
+        if images.shape[1] != height:
+            width = round(images.shape[2] * height / images.shape[1])
+            images = np.stack([np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC))
+                               for image in images])
+        panels.append(images)
+    return np.concatenate(panels, axis=2)
+
+
+def _even(frames: np.ndarray) -> np.ndarray:
+    """Frames with even sides (H.264 in yuv420p needs them): an odd last row or column is repeated."""
+    height, width = frames.shape[1:3]
+    if height % 2 == 0 and width % 2 == 0:
+        return frames
+    return np.pad(frames, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+
+
+# --- small helpers -----------------------------------------------------------------------------------------------------
+
+def _readable(text: str, what: str) -> Path:
+    path = Path(text)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    if not path.is_file():
+        raise ReenactInputError(f"{what} {path} is not a file")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as err:
+        raise ReenactInputError(f"{what} {path} cannot be read: {err.strerror}") from err
+    return path
+
+
+def _read_image(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    except (UnidentifiedImageError, OSError) as err:
+        raise ReenactInputError(f"source {path} is not a readable image: {err}") from err
+
+
+# --- Prefect tasks -----------------------------------------------------------------------------------------------------
+
+@task(name="prepare-inputs", cache_policy=NO_CACHE)
+def prepare_inputs_task(driving: str, source: str | None, frame: int, mode: Mode, config: ReenactConfig,
+                        store: str | None, cache: bool) -> tuple[SourceFace, DrivingTrack]:
+    return prepare_inputs(driving, source, frame, mode, config, _open_store(store, cache), cache)
+
+
+@task(name="render-video", cache_policy=NO_CACHE)
+def render_video_task(source: SourceFace, driving: DrivingTrack, output: str, config: ReenactConfig) -> dict:
+    return render_video(source, driving, output, config)
+
+
+def _open_store(path: str | None, cache: bool) -> ClipStore | None:
+    if path is None:
+        if cache:
+            raise ReenactInputError("cache needs a store to write to")
+        return None
+    return ClipStore.open(path, create=cache)

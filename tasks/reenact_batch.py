@@ -1,0 +1,105 @@
+"""Reenactment of many pairs into one folder: a video and a done-record per pair, and a manifest row.
+
+    <out>/videos/<name>.mp4     the reenacted video
+    <out>/videos/<name>.json    written after the video: the settings' hash, what the inputs were (their bytes'
+                                sha256, or the store clip's source hash and preprocessing hash) and the summary
+
+A pair whose done-record matches the settings and inputs of this run is skipped, so a killed batch resumes where
+it stopped and a changed setting redoes every pair; a pair that fails gets a `failed` row and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from models import MissingWeightsError
+from storage.files import atomic_path, sha256_file
+from storage.store import ClipKey, ClipStore
+from storage.weights import UnknownWeightsError
+from tasks.protocols import ReenactPair
+from tasks.reenact import (CLIP_PREFIX, ReenactConfig, ReenactInputError, networks_for, prepare_inputs,
+                           render_video)
+
+log = logging.getLogger(__name__)
+
+VIDEOS = "videos"
+PAIR_COLUMNS = ["name", "status", "error", "mode", "source", "source_frame", "driving", "output", "frames", "fps",
+                "frames_without_face", "config_hash", "seconds_total", "finished_at"]
+
+
+def reenact_pair(pair: ReenactPair, out: Path, config: ReenactConfig, store: ClipStore | None = None,
+                 cache: bool = False) -> dict:
+    """Reenact one pair unless its done-record matches; return its manifest row (input problems -> `failed`)."""
+    started = time.perf_counter()
+    video = out / VIDEOS / f"{pair.name}.mp4"
+    record_path = video.with_suffix(".json")
+    row = {**pair.model_dump(), "output": str(video), "config_hash": config.output_hash(), "error": None}
+    try:
+        inputs = {"driving": _fingerprint(pair.driving, store),
+                  "source": _fingerprint(pair.source, store) if pair.source else None,
+                  "source_frame": pair.source_frame, "mode": pair.mode, "config_hash": row["config_hash"],
+                  "weights_sha256": networks_for(config).weights_sha256}
+        done = _read_record(record_path)
+        if video.is_file() and done.get("inputs") == inputs:
+            row.update({key: done["summary"].get(key) for key in ("frames", "fps", "frames_without_face")})
+            return _finish(row, "skipped", started)
+        source, driving = prepare_inputs(pair.driving, pair.source, pair.source_frame, pair.mode, config, store,
+                                         cache)
+        summary = render_video(source, driving, video, config)
+        with atomic_path(record_path) as partial:
+            partial.write_text(json.dumps({"inputs": inputs, "summary": summary}, indent=1))
+        row.update({key: summary[key] for key in ("frames", "fps", "frames_without_face")})
+        return _finish(row, "ok", started)
+    except (MissingWeightsError, UnknownWeightsError):
+        raise  # a setup problem: stop the batch
+    except (ReenactInputError, FileNotFoundError, OSError, KeyError) as err:
+        row["error"] = str(err)
+    except Exception as err:  # a bug or an unforeseen input: record it and let the batch go on
+        log.error("reenacting %s failed:\n%s", pair.name, traceback.format_exc())
+        row["error"] = f"internal error: {type(err).__name__}: {err}"
+    return _finish(row, "failed", started)
+
+
+def _fingerprint(text: str, store: ClipStore | None) -> dict:
+    """What an input is, by content: a file's sha256, or a store clip's source hash and preprocessing hash."""
+    if text.startswith(CLIP_PREFIX):
+        if store is None:
+            raise ReenactInputError(f"{text} names a store clip: give the store too")
+        key = ClipKey.parse(text[len(CLIP_PREFIX):])
+        attrs = store.attrs(key) if store.has(key) else {}
+        if not attrs:
+            raise ReenactInputError(f"{text} is not in the store {store.root}")
+        return {"clip": str(key), "source_sha256": attrs.get("source_sha256"), "config_hash": attrs.get("config_hash")}
+    path = Path(text)
+    if not path.is_file():
+        raise FileNotFoundError(f"not found: {path}")
+    return {"file": str(path.resolve()), "sha256": sha256_file(path)}
+
+
+def _read_record(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _finish(row: dict, status: str, started: float) -> dict:
+    row["status"] = status
+    row["seconds_total"] = time.perf_counter() - started
+    row["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return row
+
+
+@task(name="reenact-pair", cache_policy=NO_CACHE, task_run_name="reenact {pair.name}")
+def reenact_pair_task(pair: ReenactPair, out: str, config: ReenactConfig, store: str | None, cache: bool) -> dict:
+    """Prefect task around `reenact_pair`; takes paths so it can run in another process (Dask)."""
+    clip_store = ClipStore.open(store, create=cache) if store else None
+    return reenact_pair(pair, Path(out), config, clip_store, cache)

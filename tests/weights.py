@@ -1,0 +1,33 @@
+"""Weights directories for tests: the official files' layouts filled with fixed random weights.
+
+Nothing can be downloaded here, so end-to-end runs use networks of the real architectures, in the official
+checkpoints' dict layouts, with seeded random weights: every loading and inference path runs for real, and a run is
+reproducible, but the faces they make are noise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from models.deca import CHECKPOINT_KEY as DECA_KEY, ResnetEncoder
+from models.directions import DirectionMatrix, to_checkpoint
+from models.e4e import Encoder4Editing
+from models.stylegan2 import Generator
+
+
+def write_official_weights(root: Path, seed: int = 0) -> Path:
+    """`stylegan-voxceleb.pt`, `e4e-voxceleb.pt`, `A_matrix.pt` and `deca/deca_model.tar` under `root`, as the
+    official release lays them out (the encoder in float16 to halve its 840 MB; loading casts it back)."""
+    torch.manual_seed(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    generator = Generator(256, 512, 8, channel_multiplier=1)
+    torch.save({"g_ema": generator.state_dict()}, root / "stylegan-voxceleb.pt")
+    encoder = Encoder4Editing(50, "ir_se", 256)
+    torch.save({"e": {name: value.half() for name, value in encoder.state_dict().items()}}, root / "e4e-voxceleb.pt")
+    del encoder
+    torch.save(to_checkpoint(DirectionMatrix()), root / "A_matrix.pt")
+    (root / "deca").mkdir(exist_ok=True)
+    torch.save({DECA_KEY: ResnetEncoder().state_dict()}, root / "deca" / "deca_model.tar")
+    return root
