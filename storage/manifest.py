@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -35,6 +37,14 @@ COLUMNS = KEY + [
     "seconds_total",
     "finished_at",
 ]
+
+
+def finish_row(row: dict, status: str, started: float) -> dict:
+    """`row` marked with its status, the seconds since `started` (a `time.perf_counter()`) and the time it ended."""
+    row["status"] = status
+    row["seconds_total"] = time.perf_counter() - started
+    row["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return row
 
 
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:

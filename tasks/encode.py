@@ -6,7 +6,7 @@ Each result is a stage of the clip (`ClipStore.write_stage`), published whole or
                  landmarks  float32 [T, 68, 2]   the backend's 68 landmarks in crop pixels
                  found      bool    [T]          the backend could read the face in this frame
                  attrs: backend, layout, config hash, code version
-    inversion/   wplus      float16 [T, 14, 512] the encoder's W+ code of each crop
+    inversion/   wplus      float16 [T, 14, 512] the encoder's W+ code of each crop (512: its generator's style size)
                  attrs: encoder, its weights' sha256, precision, config hash, code version
 
 A stage whose config hash matches is skipped, so re-runs only do what is missing or changed. The crops are read once
@@ -37,6 +37,7 @@ from models.directions import ParamRanges
 from models.face3d import build_face3d, code_layout
 from models.images import to_signed
 from storage.files import atomic_path
+from storage.manifest import finish_row
 from storage.store import ClipKey, ClipStore
 from storage.weights import WeightsRegistry
 from tasks.preprocess import code_version
@@ -135,17 +136,17 @@ def encode_clip(key: ClipKey, store: ClipStore, config: EncodeConfig) -> dict:
         clip = store.clip(key)
         row["frames"] = len(clip)
         if not todo:
-            return _finish(row, "skipped", started)
+            return finish_row(row, "skipped", started)
         with ExitStack() as stages:
             writers = {stage: stages.enter_context(store.write_stage(key, stage)) for stage in todo}
             _encode_frames(clip, writers, encoders, config)
-        return _finish(row, "ok", started)
+        return finish_row(row, "ok", started)
     except MissingWeightsError:
         raise  # a setup problem: stop the run
     except Exception as err:  # one clip's problem (unreadable chunk, a backend failure): record it, go on
         log.error("encoding %s failed:\n%s", key, traceback.format_exc())
         row["error"] = f"{type(err).__name__}: {err}"
-    return _finish(row, "failed", started)
+    return finish_row(row, "failed", started)
 
 
 def _encode_frames(clip, writers: dict, encoders: Encoders, config: EncodeConfig) -> None:
@@ -159,7 +160,7 @@ def _encode_frames(clip, writers: dict, encoders: Encoders, config: EncodeConfig
         arrays["found"] = writers[FACE3D].create("found", (frames,), "bool")
     if INVERSION in writers:
         layers = encoders.encoder.style_count
-        arrays["wplus"] = writers[INVERSION].create("wplus", (frames, layers, 512), "float16")
+        arrays["wplus"] = writers[INVERSION].create("wplus", (frames, layers, encoders.encoder.style_dim), "float16")
     for start in range(0, frames, config.batch_size):
         stop = min(start + config.batch_size, frames)
         crops = clip.frames(start, stop)
@@ -181,13 +182,6 @@ def _encode_frames(clip, writers: dict, encoders: Encoders, config: EncodeConfig
         writers[INVERSION].set_attrs(
             config_hash=encoders.hashes[INVERSION], encoder=config.encoder, weights_sha256=encoders.encoder_sha256,
             precision=config.precision if encoders.device.type == "cuda" else "fp32", **common)
-
-
-def _finish(row: dict, status: str, started: float) -> dict:
-    row["status"] = status
-    row["seconds_total"] = time.perf_counter() - started
-    row["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return row
 
 
 @task(name="encode-clip", cache_policy=NO_CACHE, task_run_name="encode {key}")

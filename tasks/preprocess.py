@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 import traceback
-from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from models.detect import align, build_detector
 from models.detect.base import MissingWeightsError
 from models.temporal import nearest_true
 from storage.inputs import ClipSource
+from storage.manifest import finish_row
 from storage.settings import default_weights_dir
 from storage.store import ClipStore
 from storage.video import VideoError, VideoInfo, VideoReader, probe, sha256_file
@@ -90,7 +90,7 @@ def preprocess_clip(source: ClipSource, store: ClipStore, config: PreprocessConf
                    has_audio=info.has_audio, source_sha256=sha256_file(source.path))
         row["seconds_probe"] = time.perf_counter() - started
         if _already_done(store, source, row):
-            return _finish(row, "skipped", started)
+            return finish_row(row, "skipped", started)
         reader = VideoReader(source.path, fps=config.fps)
         batch = decode_batch_size(info, config.batch_size)
         t_analyse = time.perf_counter()
@@ -101,7 +101,7 @@ def preprocess_clip(source: ClipSource, store: ClipStore, config: PreprocessConf
         row["seconds_write"] = time.perf_counter() - t_write
         row.update(frames=len(reader), fps=reader.fps, faces_max=int(faces.max()),
                    frames_without_face=int((~has_face).sum()))
-        return _finish(row, "ok", started)
+        return finish_row(row, "ok", started)
     except MissingWeightsError:
         raise  # a setup problem, not a property of this clip: stop the run
     except (VideoError, NoFaceError, OSError) as err:
@@ -109,7 +109,7 @@ def preprocess_clip(source: ClipSource, store: ClipStore, config: PreprocessConf
     except Exception as err:  # a bug or an unforeseen input: record it and let the batch go on
         log.error("unexpected error on %s:\n%s", source.path, traceback.format_exc())
         row["error"] = f"internal error: {type(err).__name__}: {err}"
-    return _finish(row, "failed", started)
+    return finish_row(row, "failed", started)
 
 
 def _already_done(store: ClipStore, source: ClipSource, row: dict) -> bool:
@@ -165,13 +165,6 @@ def _write(store, source, reader, batch, config, landmarks, boxes, has_face, fac
             source=info.as_dict(), faces_max=int(faces.max()), frames_without_face=int((~has_face).sum()),
             landmarks_space="crop pixels", boxes_space="source-frame pixels, square x0 y0 x1 y1",
         )
-
-
-def _finish(row: dict, status: str, started: float) -> dict:
-    row["status"] = status
-    row["seconds_total"] = time.perf_counter() - started
-    row["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return row
 
 
 @task(name="preprocess-clip", cache_policy=NO_CACHE, task_run_name="preprocess {source.key}")

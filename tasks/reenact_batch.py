@@ -14,7 +14,6 @@ import json
 import logging
 import time
 import traceback
-from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import task
@@ -22,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from models import MissingWeightsError
 from storage.files import atomic_path, sha256_file
+from storage.manifest import finish_row
 from storage.store import ClipKey, ClipStore
 from storage.weights import UnknownWeightsError
 from tasks.protocols import ReenactPair
@@ -50,14 +50,14 @@ def reenact_pair(pair: ReenactPair, out: Path, config: ReenactConfig, store: Cli
         done = _read_record(record_path)
         if video.is_file() and done.get("inputs") == inputs:
             row.update({key: done["summary"].get(key) for key in ("frames", "fps", "frames_without_face")})
-            return _finish(row, "skipped", started)
+            return finish_row(row, "skipped", started)
         source, driving = prepare_inputs(pair.driving, pair.source, pair.source_frame, pair.mode, config, store,
                                          cache)
         summary = render_video(source, driving, video, config)
         with atomic_path(record_path) as partial:
             partial.write_text(json.dumps({"inputs": inputs, "summary": summary}, indent=1))
         row.update({key: summary[key] for key in ("frames", "fps", "frames_without_face")})
-        return _finish(row, "ok", started)
+        return finish_row(row, "ok", started)
     except (MissingWeightsError, UnknownWeightsError):
         raise  # a setup problem: stop the batch
     except (ReenactInputError, FileNotFoundError, OSError, KeyError) as err:
@@ -65,7 +65,7 @@ def reenact_pair(pair: ReenactPair, out: Path, config: ReenactConfig, store: Cli
     except Exception as err:  # a bug or an unforeseen input: record it and let the batch go on
         log.error("reenacting %s failed:\n%s", pair.name, traceback.format_exc())
         row["error"] = f"internal error: {type(err).__name__}: {err}"
-    return _finish(row, "failed", started)
+    return finish_row(row, "failed", started)
 
 
 def _fingerprint(text: str, store: ClipStore | None) -> dict:
@@ -89,13 +89,6 @@ def _read_record(path: Path) -> dict:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
-
-
-def _finish(row: dict, status: str, started: float) -> dict:
-    row["status"] = status
-    row["seconds_total"] = time.perf_counter() - started
-    row["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return row
 
 
 @task(name="reenact-pair", cache_policy=NO_CACHE, task_run_name="reenact {pair.name}")
