@@ -9,6 +9,10 @@ Image Manipulation", 2021), as the reenactment code builds it: `Encoder4Editing(
 
 Each `styles[i]` is a GradualStyleBlock: stride-2 convolutions down to 1x1, then an equalised linear layer. The
 official checkpoint `e4e-voxceleb.pt` holds this network's state dict under the key 'e'.
+
+Three options beyond the official constructor, for the project's small demo encoder (defaults are the official
+network): `style_dim` (the generator's), `channel_max` (caps the trunk's stages, the pyramid and the style blocks),
+`input_size` (the resolution the network reads; other inputs are resized to it, so it still takes 256 crops).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.irse import input_layer, ir_body, stage_ends
+from models.irse import input_layer, ir_body, stage_depths, stage_ends
 from models.stylegan2 import EqualLinear
 
 CHECKPOINT_KEY = "e"
@@ -28,16 +32,17 @@ COARSE_END, MIDDLE_END = 3, 7  # styles [0, 3) read c3 (16x16), [3, 7) p2 (32x32
 
 
 class GradualStyleBlock(nn.Module):
-    """A spatial x spatial feature map to one 512-d style: log2(spatial) stride-2 convolutions, then EqualLinear."""
+    """A spatial x spatial feature map to one style (512-d in the official network): log2(spatial) stride-2
+    convolutions, then EqualLinear."""
 
-    def __init__(self, in_channel: int, out_channel: int, spatial: int):
+    def __init__(self, in_channel: int, out_channel: int, spatial: int, style_dim: int | None = None):
         super().__init__()
         self.out_channel = out_channel
         layers: list[nn.Module] = []
         for index in range(int(math.log2(spatial))):
             layers += [nn.Conv2d(in_channel if index == 0 else out_channel, out_channel, 3, 2, 1), nn.LeakyReLU()]
         self.convs = nn.Sequential(*layers)
-        self.linear = EqualLinear(out_channel, out_channel, lr_mul=1)
+        self.linear = EqualLinear(out_channel, style_dim or out_channel, lr_mul=1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.linear(self.convs(features).view(-1, self.out_channel))
@@ -49,25 +54,35 @@ def upsample_add(top: torch.Tensor, lateral: torch.Tensor) -> torch.Tensor:
 
 
 class Encoder4Editing(nn.Module):
-    """Images [B, 3, size, size] in [-1, 1] to W+ codes [B, 2*log2(size) - 2, 512]."""
+    """Images [B, 3, input_size, input_size] in [-1, 1] to W+ codes [B, 2*log2(size) - 2, style_dim] of a
+    generator of `size` px."""
 
-    def __init__(self, num_layers: int = 50, mode: str = "ir_se", size: int = 256):
+    def __init__(self, num_layers: int = 50, mode: str = "ir_se", size: int = 256, style_dim: int = STYLE_DIM,
+                 channel_max: int = 512, input_size: int = 256):
         super().__init__()
-        self.input_layer = input_layer()
-        self.body = ir_body(num_layers, mode)
+        depths = stage_depths(channel_max)
+        width = depths[-1]
+        self.input_size = input_size
+        self.input_layer = input_layer(depths[0])
+        self.body = ir_body(num_layers, mode, depths)
         self.style_count = 2 * int(math.log2(size)) - 2
+        self.style_dim = style_dim
+        # c3, p2, p1 are 1/16, 1/8, 1/4 of the input (16, 32, 64 for the official 256)
         self.styles = nn.ModuleList(
-            GradualStyleBlock(512, STYLE_DIM, 16 if i < COARSE_END else 32 if i < MIDDLE_END else 64)
+            GradualStyleBlock(width, width, input_size // (16 if i < COARSE_END else 8 if i < MIDDLE_END else 4),
+                              style_dim)
             for i in range(self.style_count)
         )
-        self.latlayer1 = nn.Conv2d(256, 512, kernel_size=1)
-        self.latlayer2 = nn.Conv2d(128, 512, kernel_size=1)
+        self.latlayer1 = nn.Conv2d(depths[2], width, kernel_size=1)
+        self.latlayer2 = nn.Conv2d(depths[1], width, kernel_size=1)
         self.taps = stage_ends(num_layers)[1:]  # c1, c2, c3
         # e4e trains its deltas progressively; layers above this stage get w0 alone. Default: all (inference).
         self.progressive_stage = self.style_count - 1
 
     def pyramid_inputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The body's feature maps c1, c2, c3 (fine to coarse)."""
+        if images.shape[-2:] != (self.input_size, self.input_size):
+            images = F.interpolate(images, (self.input_size, self.input_size), mode="bilinear", antialias=True)
         x = self.input_layer(images)
         tapped = []
         for index, unit in enumerate(self.body):

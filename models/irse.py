@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 STAGE_DEPTHS = (64, 128, 256, 512)
-UNITS_PER_STAGE = {50: (3, 4, 14, 3), 100: (3, 13, 30, 3), 152: (3, 8, 36, 3)}
+# 18 is not in the official code: a short trunk for small encoders (insightface's iresnet18 has the same units)
+UNITS_PER_STAGE = {18: (2, 2, 2, 2), 50: (3, 4, 14, 3), 100: (3, 13, 30, 3), 152: (3, 8, 36, 3)}
 MODES = ("ir", "ir_se")
 
 
@@ -31,13 +32,18 @@ class UnitSpec(NamedTuple):
     stride: int
 
 
-def unit_specs(num_layers: int) -> list[UnitSpec]:
+def stage_depths(channel_max: int = 512) -> tuple[int, ...]:
+    """The four stages' channels, each at most `channel_max` (a narrow trunk for small encoders; 512: the official)."""
+    return tuple(min(depth, channel_max) for depth in STAGE_DEPTHS)
+
+
+def unit_specs(num_layers: int, depths: tuple[int, ...] = STAGE_DEPTHS) -> list[UnitSpec]:
     """The body's units in order: each stage starts with a stride-2 unit that changes the depth."""
     if num_layers not in UNITS_PER_STAGE:
         raise ValueError(f"num_layers must be one of {sorted(UNITS_PER_STAGE)}, got {num_layers}")
     specs = []
-    in_channel = STAGE_DEPTHS[0]
-    for depth, units in zip(STAGE_DEPTHS, UNITS_PER_STAGE[num_layers]):
+    in_channel = depths[0]
+    for depth, units in zip(depths, UNITS_PER_STAGE[num_layers]):
         specs.append(UnitSpec(in_channel, depth, 2))
         specs += [UnitSpec(depth, depth, 1)] * (units - 1)
         in_channel = depth
@@ -93,15 +99,15 @@ class BottleneckIR(nn.Module):
         return self.res_layer(x) + self.shortcut_layer(x)
 
 
-def input_layer() -> nn.Sequential:
-    """The stem: RGB to 64 channels at full resolution."""
-    return nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.PReLU(64))
+def input_layer(channels: int = STAGE_DEPTHS[0]) -> nn.Sequential:
+    """The stem: RGB to 64 channels (the first stage's depth) at full resolution."""
+    return nn.Sequential(nn.Conv2d(3, channels, 3, 1, 1, bias=False), nn.BatchNorm2d(channels), nn.PReLU(channels))
 
 
-def ir_body(num_layers: int = 50, mode: str = "ir_se") -> nn.Sequential:
+def ir_body(num_layers: int = 50, mode: str = "ir_se", depths: tuple[int, ...] = STAGE_DEPTHS) -> nn.Sequential:
     """The residual body; `mode` 'ir_se' adds squeeze-and-excitation to every unit."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     return nn.Sequential(
-        *(BottleneckIR(*spec, squeeze_excite=mode == "ir_se") for spec in unit_specs(num_layers))
+        *(BottleneckIR(*spec, squeeze_excite=mode == "ir_se") for spec in unit_specs(num_layers, depths))
     )

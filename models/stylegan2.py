@@ -26,10 +26,12 @@ from models.ops import FusedLeakyReLU, fused_leaky_relu, make_kernel, upfirdn2d
 BLUR_KERNEL = (1, 3, 3, 1)
 
 
-def channels_for(channel_multiplier: int) -> dict[int, int]:
-    """Feature channels per resolution: 512 up to 32 px, then halving, scaled by the channel multiplier."""
+def channels_for(channel_multiplier: int, channel_max: int = 512) -> dict[int, int]:
+    """Feature channels per resolution: 512 up to 32 px, then halving, scaled by the channel multiplier, and at
+    most `channel_max` (NVlabs' name; a narrow network for small demo weights, 512 leaves the official widths)."""
     m = channel_multiplier
-    return {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * m, 128: 128 * m, 256: 64 * m, 512: 32 * m, 1024: 16 * m}
+    full = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * m, 128: 128 * m, 256: 64 * m, 512: 32 * m, 1024: 16 * m}
+    return {resolution: min(channels, channel_max) for resolution, channels in full.items()}
 
 
 def _check_size(size: int) -> int:
@@ -267,7 +269,7 @@ class Generator(nn.Module):
     """
 
     def __init__(self, size: int, style_dim: int, n_mlp: int, channel_multiplier: int = 2,
-                 blur_kernel: Sequence[int] = BLUR_KERNEL, lr_mlp: float = 0.01):
+                 blur_kernel: Sequence[int] = BLUR_KERNEL, lr_mlp: float = 0.01, channel_max: int = 512):
         super().__init__()
         self.size = size
         self.log_size = _check_size(size)
@@ -276,7 +278,7 @@ class Generator(nn.Module):
             PixelNorm(),
             *[EqualLinear(style_dim, style_dim, lr_mul=lr_mlp, activation="fused_lrelu") for _ in range(n_mlp)])
 
-        self.channels = channels_for(channel_multiplier)
+        self.channels = channels_for(channel_multiplier, channel_max)
         self.input = ConstantInput(self.channels[4])
         self.conv1 = StyledConv(self.channels[4], self.channels[4], 3, style_dim, blur_kernel=blur_kernel)
         self.to_rgb1 = ToRGB(self.channels[4], style_dim, upsample=False)
@@ -441,9 +443,10 @@ class Discriminator(nn.Module):
     each logit depends on the other images of its group; the batch size must be divisible by min(batch, 4).
     """
 
-    def __init__(self, size: int, channel_multiplier: int = 2, blur_kernel: Sequence[int] = BLUR_KERNEL):
+    def __init__(self, size: int, channel_multiplier: int = 2, blur_kernel: Sequence[int] = BLUR_KERNEL,
+                 channel_max: int = 512):
         super().__init__()
-        channels = channels_for(channel_multiplier)
+        channels = channels_for(channel_multiplier, channel_max)
         log_size = _check_size(size)
         convs: list[nn.Module] = [ConvLayer(3, channels[size], 1)]
         in_channel = channels[size]

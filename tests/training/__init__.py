@@ -1,0 +1,63 @@
+"""Helpers of the training tests: small stores written straight into the Zarr layout, and tiny stage configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.stylegan2 import Generator
+from storage.store import ClipKey, ClipStore
+from training.common.checkpoints import Export, save_export
+
+TINY_G = {"size": 32, "style_dim": 64, "n_mlp": 2, "channel_max": 32}
+TINY_E = {"num_layers": 18, "channel_max": 16, "input_size": 32}
+# fast settings: in-process data, one thread (stable timing on a busy machine), logs every 2 steps
+QUICK = {"workers": 0, "threads": 1, "log_every": 2, "image_every": 1000, "batch_size": 4}
+
+
+def write_store(root: Path, frames: np.ndarray, clips: int, chunk_frames: int = 8,
+                has_face: np.ndarray | None = None) -> ClipStore:
+    """`clips` clips, each holding `frames` (uint8 [T, H, W, 3]) shifted by the clip number (so clips differ)."""
+    store = ClipStore.open(root, chunk_frames=chunk_frames)
+    for number in range(clips):
+        with store.write_clip(ClipKey(f"id{number:02d}", "video", "00001")) as clip:
+            clip.put("crops", np.clip(frames.astype(np.int16) + 3 * number, 0, 255).astype(np.uint8))
+            if has_face is not None:
+                clip.put("has_face", has_face)
+    return store
+
+
+def flat_colour_frames(count: int, size: int, colour=(200, 60, 30), seed: int = 0) -> np.ndarray:
+    """A flat colour with a little noise: an easy dataset whose mean colour G must learn."""
+    noise = np.random.default_rng(seed).integers(-10, 11, (count, size, size, 3))
+    return np.clip(np.asarray(colour) + noise, 0, 255).astype(np.uint8)
+
+
+def numbered_frames(count: int, size: int) -> np.ndarray:
+    """Frame t is the constant 2t + 1: every crop says which frame it is."""
+    return np.broadcast_to((2 * np.arange(count) + 1)[:, None, None, None], (count, size, size, 3)).astype(np.uint8)
+
+
+def tiny_generator_file(path: Path, seed: int = 0) -> Generator:
+    """A random tiny G exported as train-generator exports it (safetensors with its constructor arguments)."""
+    torch.manual_seed(seed)
+    generator = Generator(**TINY_G).eval()
+    save_export(Export(generator, "models.stylegan2:Generator", dict(TINY_G), "g_ema"), path, torch.float32, {})
+    return generator
+
+
+@torch.no_grad()
+def generator_frames(generator: Generator, count: int, seed: int = 1, truncation: float = 0.7) -> np.ndarray:
+    """uint8 renders of G itself near its mean w: crops an encoder of G can invert exactly."""
+    z = torch.randn(count, generator.style_dim, generator=torch.Generator().manual_seed(seed))
+    mean = generator.mean_latent(512, generator=torch.Generator().manual_seed(seed + 1))
+    images, _ = generator([z], truncation=truncation, truncation_latent=mean, randomize_noise=False)
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def differing_tensors(first: dict, second: dict, keys: tuple[str, ...]) -> list[str]:
+    """Names of the tensors that differ between two checkpoints' state dicts under `keys` ([] when equal)."""
+    return [f"{key}.{name}" for key in keys for name in first[key] if not torch.equal(first[key][name],
+                                                                                   second[key][name])]
