@@ -1,0 +1,28 @@
+"""`train-directions`: the direction matrix A trained with G and the Net3D frozen, in the paper's three phases
+(`training.directions`).
+
+Runs like train-generator: inside the flow, or in `processes` torchrun processes on this machine.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+import tasks  # noqa: F401  (Prefect environment defaults first)
+from training.common.loop import TrainingSummary, run_stage
+from training.directions import DirectionsTrainingConfig
+from training.directions import train_directions as run_directions_training
+
+
+@flow(name="train-directions", log_prints=True)
+def train_directions(config: DirectionsTrainingConfig = DirectionsTrainingConfig(),
+                     processes: int = 1) -> TrainingSummary:
+    """Train A for `config.generator` to `config.steps` (synthetic, then real, then paired steps), resuming from the
+    latest checkpoint in `config.out`. Checkpoints hold the official A_matrix.pt entries plus 'A_optim' and the
+    ranges table; their safetensors (and the final `<out>/directions.safetensors`) carry `shift_scale` and `ranges`
+    in their entries, as the weights registry's `demo-directions` is read.
+    """
+    summary = run_stage("training.directions", run_directions_training, config, processes)
+    get_run_logger().info("done: %s", summary.model_dump_json())
+    return summary
+
