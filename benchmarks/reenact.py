@@ -83,7 +83,7 @@ def generator_sweep(config, batch_sizes: list[int], repeats: int) -> list[dict]:
     reenactor = networks.reenactor
     rows = []
     for batch in batch_sizes:
-        wplus = torch.randn(1, reenactor.generator.n_latent, 512, device=device)
+        wplus = torch.randn(1, reenactor.generator.n_latent, reenactor.generator.style_dim, device=device)
         source = torch.zeros(1, 15, device=device)
         driving = torch.randn(batch, 15, device=device)
         times = []

@@ -293,6 +293,48 @@ def store_info(store: Path = typer.Argument(..., help="A clip store written by p
     console.print(f"{len(clip_store.clips())} clips published in {clip_store.root}")
 
 
+def _training_command(name: str, flow_path: str, config_path: str, example: str, doc: str) -> None:
+    """Register `reenact <name> [key=value ...] --config FILE --processes N --show-config` for a training flow."""
+
+    def command(
+        overrides: Optional[list[str]] = typer.Argument(None, help=f"key=value settings over the config file, e.g. {example} (all fields: --show-config)."),
+        config: Optional[Path] = typer.Option(None, "--config", help="A YAML or JSON file of settings."),
+        processes: int = typer.Option(1, help="Processes on this machine, one per GPU (torchrun; gloo on CPUs)."),
+        show_config: bool = typer.Option(False, help="Print the resolved settings and exit."),
+    ) -> None:
+        import importlib
+
+        from training.common.config import config_text, load_config
+
+        with user_errors():
+            module, _, attribute = config_path.partition(":")
+            settings = load_config(getattr(importlib.import_module(module), attribute), config, overrides or [])
+            if show_config:
+                console.print(config_text(settings))
+                return
+            module, _, attribute = flow_path.partition(":")
+            summary = getattr(importlib.import_module(module), attribute)(config=settings, processes=processes)
+        for line in summary.lines():
+            console.print(line)
+
+    command.__doc__ = doc
+    app.command(name)(command)
+
+
+_training_command(
+    "train-generator", "flows.train_generator:train_generator", "training.generator:GeneratorTrainingConfig",
+    "store=outputs/synthetic.zarr size=64 steps=2000 augment=ada",
+    "Train or fine-tune the StyleGAN2 generator on a clip store's crops (resumes from the latest checkpoint).")
+_training_command(
+    "train-encoder", "flows.train_encoder:train_encoder", "training.encoder:EncoderTrainingConfig",
+    "generator=outputs/train-generator/generator.safetensors channel_max=64",
+    "Train an e4e encoder that inverts a generator (registry name or file) on a clip store's crops.")
+_training_command(
+    "train-directions", "flows.train_directions:train_directions", "training.directions:DirectionsTrainingConfig",
+    "generator=outputs/train-generator/generator.safetensors synthetic_steps=2000 real_steps=0 paired_steps=1000",
+    "Train the direction matrix A (G and the Net3D frozen) in the paper's synthetic, real and paired phases.")
+
+
 weights_app = typer.Typer(help="The weights directory: what is present, what is missing, conversions.",
                           no_args_is_help=True)
 app.add_typer(weights_app, name="weights")

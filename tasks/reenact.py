@@ -277,7 +277,7 @@ class SourceFace:
 
     name: str
     crop: np.ndarray  # uint8 [256, 256, 3]
-    wplus: np.ndarray  # float32 [L, 512]
+    wplus: np.ndarray  # float32 [L, style_dim]
     params: np.ndarray  # float32 [15]
     from_store: bool
 
