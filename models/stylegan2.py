@@ -156,14 +156,18 @@ class ModulatedConv2d(nn.Module):
         self.demodulate = demodulate
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        style = self.modulation(style)  # [B, in_channel]
+        if len(x) == 1:
+            return self._grouped(x, style)
+        return self._shared(x, style)
+
+    def _grouped(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        """The official computation: each sample's modulated weights, all samples in one grouped convolution."""
         batch, in_channel, height, width = x.shape
-        style = self.modulation(style).view(batch, 1, in_channel, 1, 1)
-        weight = self.scale * self.weight * style
+        weight = self.scale * self.weight * style.view(batch, 1, in_channel, 1, 1)
         if self.demodulate:
             demod = torch.rsqrt(weight.pow(2).sum([2, 3, 4]) + 1e-8)
             weight = weight * demod.view(batch, self.out_channel, 1, 1, 1)
-
-        # one grouped convolution runs every sample with its own weights
         k = self.kernel_size
         if self.upsample:
             weight = weight.transpose(1, 2).reshape(batch * in_channel, self.out_channel, k, k)
@@ -176,6 +180,23 @@ class ModulatedConv2d(nn.Module):
         else:
             out = F.conv2d(x.reshape(1, batch * in_channel, height, width), weight, padding=self.padding, groups=batch)
         return out.view(batch, self.out_channel, *out.shape[2:])
+
+    def _shared(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        """The same result with one shared weight: modulate the input's channels, convolve, then demodulate the
+        output's (sum over i, k of (scale w[o,i,k] s[b,i])^2 = scale^2 sum_i s[b,i]^2 sum_k w[o,i,k]^2). A batch
+        then runs as one ordinary convolution, far faster than a grouped one with per-sample weights."""
+        weight = self.weight[0]  # [out, in, k, k]
+        x = x * (self.scale * style)[:, :, None, None]
+        if self.upsample:
+            out = self.blur(F.conv_transpose2d(x, weight.transpose(0, 1), stride=2))
+        elif self.downsample:
+            out = F.conv2d(self.blur(x), weight, stride=2)
+        else:
+            out = F.conv2d(x, weight, padding=self.padding)
+        if self.demodulate:
+            energy = (self.scale * style).pow(2) @ weight.pow(2).sum([2, 3]).t()  # [B, out]
+            out = out * torch.rsqrt(energy + 1e-8)[:, :, None, None]
+        return out
 
 
 class NoiseInjection(nn.Module):
