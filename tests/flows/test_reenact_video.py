@@ -89,7 +89,7 @@ def test_a_stored_driving_clip_and_its_stages_are_read_instead_of_recomputed(cli
     assert stored.source.startswith("clip:id01/talk/00001")
     fresh = reenact_video(driving=str(clips["whole"]), mode="self", output=str(tmp_path / "fresh.mp4"), config=config)
     assert not fresh.driving_from_store
-    # the same crops and parameters; only the stored W+ is float16, so the frames agree to compression noise
+    # the same crops, parameters and (float16) W+ codes: the two files agree to compression noise
     assert np.abs(decode(tmp_path / "stored.mp4").astype(int) - decode(tmp_path / "fresh.mp4")).mean() < 2
     by_key = reenact_video(driving="clip:id01/talk/00001", source="clip:id01/talk/00001", source_frame=5,
                            output=str(tmp_path / "key.mp4"), config=config, store=str(store))
