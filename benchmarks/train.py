@@ -11,6 +11,9 @@ Presets (the networks' sizes are in the output):
     generator-official  the paper's G and D (256 px, channel multiplier 1): CUDA only
     encoder-demo        e4e IR-SE-50 with channel_max 64 reading 256 crops, inverting generator-demo256's G
     encoder-official    the official e4e (209 M parameters) inverting the paper's G: CUDA only
+    directions-demo     A in the synthetic phase (sources and targets from generator-demo256's G, the
+                        synth-regressor reading the results, ranges measured on 64 G samples)
+    directions-official A in the synthetic phase on the paper's G: CUDA only
 
 Each run trains `--steps` steps; the speed is that of the second half (the first half warms up: allocator,
 autotuning, DataLoader workers). A step of the generator is one D and one G update, plus R1 every 16 and path
@@ -35,21 +38,24 @@ sys.path.insert(0, str(ROOT))
 
 from storage.store import ClipKey, ClipStore  # noqa: E402
 from training.common.checkpoints import Export, save_export  # noqa: E402
+from training.directions import DirectionsTrainingConfig, train_directions  # noqa: E402
 from training.encoder import EncoderTrainingConfig, train_encoder  # noqa: E402
 from training.generator import GeneratorTrainingConfig, train_generator  # noqa: E402
 
 TINY32 = {"size": 32, "style_dim": 64, "n_mlp": 2, "channel_max": 32}
 DEMO256 = {"size": 256, "style_dim": 512, "n_mlp": 8, "channel_max": 128}
 OFFICIAL256 = {"size": 256, "style_dim": 512, "n_mlp": 8, "channel_multiplier": 1}
+SYNTHETIC_PHASE = {"synthetic_steps": 10**9, "real_steps": 0, "paired_steps": 0, "ranges": "measure",
+                   "ranges_samples": 64}
 
 
 @dataclass(frozen=True)
 class Preset:
-    stage: str  # "generator" or "encoder"
+    stage: str  # "generator", "encoder" or "directions"
     settings: dict
     cpu_batch: int
     gpu_batch: int
-    generator: dict | None = None  # the encoder's frozen G
+    generator: dict | None = None  # the encoder's or the directions' frozen G
     cuda_only: bool = False
 
 
@@ -60,6 +66,9 @@ PRESETS: dict[str, Preset] = {
     "encoder-demo": Preset("encoder", {"num_layers": 50, "channel_max": 64}, cpu_batch=4, gpu_batch=16,
                            generator=DEMO256),
     "encoder-official": Preset("encoder", {}, cpu_batch=2, gpu_batch=8, generator=OFFICIAL256, cuda_only=True),
+    "directions-demo": Preset("directions", SYNTHETIC_PHASE, cpu_batch=4, gpu_batch=12, generator=DEMO256),
+    "directions-official": Preset("directions", SYNTHETIC_PHASE, cpu_batch=4, gpu_batch=12, generator=OFFICIAL256,
+                                  cuda_only=True),
 }
 
 
@@ -98,12 +107,18 @@ def measure(name: str, preset: Preset, device: str, precision: str, steps: int, 
         summary = train_generator(config)
         parameters = {"g": _count("models.stylegan2:Generator", config.generator_config()),
                       "d": _count("models.stylegan2:Discriminator", config.discriminator_config())}
-    else:
+    elif preset.stage == "encoder":
         generator = generator_file(work, preset.generator)
         config = EncoderTrainingConfig(**preset.settings, generator=str(generator), **common)
         summary = train_encoder(config)
         encoder = config.encoder_config(preset.generator["size"], preset.generator["style_dim"])
         parameters = {"e": _count("models.e4e:Encoder4Editing", encoder)}
+    else:
+        generator = generator_file(work, preset.generator)
+        config = DirectionsTrainingConfig(**preset.settings, generator=str(generator), **common)
+        summary = train_directions(config)
+        parameters = {"A": _count("models.directions:DirectionMatrix", {"shift_dim": preset.generator["style_dim"],
+                                                                        "num_layers": config.num_layers_shift})}
     rows = [json.loads(line) for line in open(Path(summary.out) / "stats.jsonl")]
     rate = rows[-1]["steps_per_s"]  # the second half
     return {"preset": name, "device": device, "precision": precision, "batch": batch,
@@ -120,8 +135,8 @@ def _count(builder: str, config: dict) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", default="generator-tiny32,generator-demo256,encoder-demo,generator-official,"
-                                              "encoder-official")
+    parser.add_argument("--presets", default="generator-tiny32,generator-demo256,encoder-demo,directions-demo,"
+                                              "generator-official,encoder-official,directions-official")
     parser.add_argument("--steps", type=int, default=16, help="steps per run (the second half is timed)")
     parser.add_argument("--devices", default="cpu,cuda", help="cuda is skipped when absent")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers reading the store")
