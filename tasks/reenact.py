@@ -397,10 +397,16 @@ def _stored_video(path: Path, fps: float, store: ClipStore, config: ReenactConfi
             return key
     if not cache:
         return None
-    row = preprocess_clip(ClipSource(clip_key_for(path), path), store, config.preprocess_config())
+    key = clip_key_for(path)
+    if store.has(key):  # caching must never replace a clip the store already holds (and its stages)
+        fps_there = store.attrs(key).get("fps")
+        raise ReenactInputError(f"{path}: the store {store.root} already holds {key} (at {fps_there} fps, from "
+                                f"{store.attrs(key).get('source_path')}); give --fps {fps_there} to use it, or "
+                                "run without --cache")
+    row = preprocess_clip(ClipSource(key, path), store, config.preprocess_config())
     if row["status"] == "failed":
         raise ReenactInputError(f"{path}: {row['error']}")
-    return clip_key_for(path)
+    return key
 
 
 def _stage_if_current(store: ClipStore, key: ClipKey, stage: str, networks: ReenactNetworks, cache: bool):

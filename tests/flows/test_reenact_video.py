@@ -105,6 +105,11 @@ def test_cache_writes_a_new_driving_video_into_the_store_first(clips, config, tm
     (key,) = clip_store.clips()
     assert clip_store.clip(key).stages == ["face3d"]  # the driver's parameters; W+ only for sources
     assert clip_store.stage_attrs(key, "face3d")["backend"] == "deca"
+    # the same file at another frame rate would need the same key: caching refuses to replace the stored clip
+    with pytest.raises(ReenactInputError, match="already holds .* give --fps 25.0 to use it"):
+        reenact_video(driving=str(clips["gap"]), source=str(PHOTOS / "biden.jpg"), output=str(tmp_path / "d.mp4"),
+                      config=config.model_copy(update={"fps": 12.5}), store=str(store), cache=True)
+    assert clip_store.clips() == [key] and clip_store.attrs(key)["fps"] == 25.0
 
 
 def test_grid_and_paste_back_layouts(clips, config, tmp_path):
