@@ -180,8 +180,7 @@ class DrivingTrack:
     def batches(self, size: int, full_frames: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """(crops [B, 256, 256, 3], the full frames [B, H, W, 3] if asked for, else None), in order."""
         if self.clip is not None and not full_frames:
-            for start in range(0, len(self), size):
-                yield self.clip.frames(start, min(start + size, len(self))), None
+            yield from ((crops, None) for crops in self.clip.iter_frames(size))
             return
         if self.video is None or not self.video.is_file():
             raise ReenactInputError(f"driving {self.name}: its full frames need the video file, which is not at "
@@ -453,6 +452,7 @@ def _pictures(source: SourceFace, driving: DrivingTrack, networks: ReenactNetwor
     """The output frames, batch by batch: the generated crops, pasted back and/or beside the inputs if asked."""
     size = config.batch_size or (32 if networks.device.type == "cuda" else 1)
     batches = driving.batches(size, full_frames=config.paste_back)
+    source_panel = None  # the source crop at the output's height, resized once
     with tqdm(total=len(driving), desc="reenact", unit="frame", disable=None, dynamic_ncols=True) as bar:
         for start, (crops, frames) in zip(range(0, len(driving), size), batches):
             stop = start + len(crops)
@@ -461,21 +461,21 @@ def _pictures(source: SourceFace, driving: DrivingTrack, networks: ReenactNetwor
                 result = np.stack([align.paste_face(frame, face, box)
                                    for frame, face, box in zip(frames, result, driving.boxes[start:stop])])
                 crops = frames
-            yield _even(_compose(source.crop, crops, result) if config.grid else result)
+            if config.grid:
+                if source_panel is None:
+                    source_panel = _at_height(source.crop[None], result.shape[1])
+                result = np.concatenate([np.broadcast_to(source_panel, (len(result), *source_panel.shape[1:])),
+                                         _at_height(crops, result.shape[1]), result], axis=2)
+            yield _even(result)
             bar.update(stop - start)
 
 
-def _compose(source: np.ndarray, driving: np.ndarray, result: np.ndarray) -> np.ndarray:
-    """source | driving | result side by side, each panel at the height of the result."""
-    height = result.shape[1]
-    panels = []
-    for images in (np.broadcast_to(source, (len(result), *source.shape)), driving, result):
-        if images.shape[1] != height:
-            width = round(images.shape[2] * height / images.shape[1])
-            images = np.stack([np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC))
-                               for image in images])
-        panels.append(images)
-    return np.concatenate(panels, axis=2)
+def _at_height(images: np.ndarray, height: int) -> np.ndarray:
+    """Images [B, H, W, 3] resized (bicubic) to `height`, keeping their aspect; as they are when already that high."""
+    if images.shape[1] == height:
+        return images
+    width = round(images.shape[2] * height / images.shape[1])
+    return np.stack([np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC)) for image in images])
 
 
 def _even(frames: np.ndarray) -> np.ndarray:
