@@ -40,7 +40,8 @@ from storage.files import atomic_path
 
 CLIPS = "clips"
 STAGING = ".staging"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# YouTube ids (VoxCeleb's video names) may start with '_' or '-'; a leading '.' would hide a name or mean a parent
+_NAME = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$")
 
 
 @dataclass(frozen=True, order=True)
@@ -54,7 +55,8 @@ class ClipKey:
     def __post_init__(self) -> None:
         for part in (self.identity, self.video, self.clip):
             if not _NAME.match(part):
-                raise ValueError(f"invalid clip key part {part!r}: letters, digits, '_', '-', '.' only")
+                raise ValueError(f"invalid clip key part {part!r}: letters, digits, '_', '-', '.' only, "
+                                 "not starting with '.'")
 
     @property
     def path(self) -> str:

@@ -20,9 +20,12 @@ def _write(store: ClipStore, key: ClipKey, frames: int, value: int) -> None:
 def test_clip_key_round_trip_and_validation():
     key = ClipKey.parse("id10001/1zcIwhmdeo4/00001")
     assert key == ClipKey("id10001", "1zcIwhmdeo4", "00001") and str(key) == "id10001/1zcIwhmdeo4/00001"
-    for bad in ("a/b", "../x/y", "a/b/c/d"):
+    for bad in ("a/b", "../x/y", "a/b/c/d", "id1/.hidden/00001", "id1/v 1/00001"):
         with pytest.raises(ValueError):
             ClipKey.parse(bad)
+    # YouTube ids, VoxCeleb's video names, may start with '_' or '-'
+    assert ClipKey.parse("id10001/_S0QvOPVLzk/00001").video == "_S0QvOPVLzk"
+    assert ClipKey.parse("id10001/-EK_Per8pJz/00001").video == "-EK_Per8pJz"
 
 
 def test_write_then_read_lazily(tmp_path):
