@@ -5,6 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+
+FRAME_SIZE = 256  # the aligned crop every stage works in: the store's crops, the official G's output
+
+
+def resize_to(images: torch.Tensor, size: int) -> torch.Tensor:
+    """float [B, 3, H, W] resized to size x size (bilinear, antialiased when shrinking); as they are when already so."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return F.interpolate(images, (size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
 def to_signed(pixels: np.ndarray | torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:

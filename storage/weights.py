@@ -1,7 +1,8 @@
 """The weights registry: which files the pipeline needs, where they live, and how they become loaded networks.
 
 One weights directory holds every file, resolved from an explicit path (`--weights-dir`), else
-`$REENACT_WEIGHTS_DIR`, else `weights/` in the project checkout. `WEIGHT_FILES` lists the known files by name; named
+`$REENACT_WEIGHTS_DIR`, else `weights/` in the project checkout. Bundled files (the `demo` set) ship in the
+repository under `models/data/` and are read from there when the weights directory holds no copy of its own. `WEIGHT_FILES` lists the known files by name; named
 sets group them (`voxceleb256`: the official release; `demo`: the project's small bundled networks).
 
     registry = WeightsRegistry()                      # or WeightsRegistry("/data/weights")
@@ -40,6 +41,7 @@ from storage.files import sha256_file
 from storage.settings import default_weights_dir
 
 CACHE_DIR = ".cache"
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "models" / "data"  # files that ship with the code
 OFFICIAL_REPO = "github.com/StelaBou/stylegan_directions_face_reenactment"
 
 
@@ -72,6 +74,7 @@ class WeightFile:
     config: Mapping[str, Any] = field(default_factory=dict, compare=False)
     config_from_entries: Mapping[str, str] = field(default_factory=dict, compare=False)
     alternatives: tuple[str, ...] = ()  # other accepted file names, in order of preference after `filename`
+    bundled: bool = False  # ships at BUNDLED_DIR / filename, the fallback when the weights directory has none
 
     @property
     def filenames(self) -> tuple[str, ...]:
@@ -148,17 +151,20 @@ WEIGHT_FILES: dict[str, WeightFile] = {entry.name: entry for entry in (
     WeightFile(
         "demo-generator", "demo/generator.safetensors",
         "the project's small StyleGAN2 generator (bundled demo set)",
-        where_to_get="trained by `reenact train-generator`; not released yet",
+        where_to_get="ships in the repository (models/data/demo/); retrain with `reenact train-generator` "
+                     "--config training/configs/demo-generator.yaml", bundled=True,
         builder="models.stylegan2:Generator", config=_GENERATOR_256),
     WeightFile(
         "demo-encoder", "demo/encoder.safetensors",
         "the project's e4e encoder for the demo generator",
-        where_to_get="trained by `reenact train-encoder`; not released yet",
+        where_to_get="ships in the repository (models/data/demo/); retrain with `reenact train-encoder` "
+                     "--config training/configs/demo-encoder.yaml", bundled=True,
         builder="models.e4e:Encoder4Editing", config=_E4E_256),
     WeightFile(
         "demo-directions", "demo/directions.safetensors",
         "the project's direction matrix A for the demo generator",
-        where_to_get="trained by `reenact train-directions`; not released yet",
+        where_to_get="ships in the repository (models/data/demo/); retrain with `reenact train-directions` "
+                     "--config training/configs/demo-directions.yaml", bundled=True,
         builder="models.directions:DirectionMatrix", config=_DIRECTIONS, config_from_entries=_DIRECTIONS_FROM_ENTRIES),
     WeightFile(
         "lpips-alexnet", "alexnet-owt-7be5be79.pth",
@@ -306,7 +312,10 @@ class WeightsRegistry:
         return rows
 
     def _existing(self, entry: WeightFile) -> Path | None:
-        return next((self.root / name for name in entry.filenames if (self.root / name).is_file()), None)
+        candidates = [self.root / name for name in entry.filenames]
+        if entry.bundled:
+            candidates.append(BUNDLED_DIR / entry.filename)
+        return next((path for path in candidates if path.is_file()), None)
 
     def sha256(self, name: str) -> str:
         """The sha256 of `name`'s file (what a result computed with it records), reusing the hash the conversion

@@ -36,7 +36,7 @@ from models.directions import (NUM_ANGLES, NUM_PARAMS, PARAM_NAMES, SHIFT_SCALE,
                                ParamRanges, shift_wplus)
 from models.face3d import Face3DBackend
 from models.identity import IdentityEmbedder, build_identity, cosine_similarity
-from models.images import to_pixels, to_signed
+from models.images import FRAME_SIZE, resize_to, to_pixels, to_signed
 from models.metrics.fid import FeatureStatistics, frechet_distance, kernel_inception_distance
 from models.metrics.inception import FIDInception, build_fid_inception
 from models.metrics.lpips import LPIPS, build_lpips
@@ -46,6 +46,8 @@ from storage.weights import WeightsRegistry
 ANGLE_NAMES = PARAM_NAMES[:NUM_ANGLES]
 EXPRESSION_PARAMS = PARAM_NAMES[NUM_ANGLES:]  # jaw and exp_00..exp_10, the 12 values of AED
 DEFAULT_MAGNITUDES = (-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0)  # shift units; ±SHIFT_SCALE spans a usual range
+FIT_COLUMNS = ["direction", "slope", "intercept", "r2", "points", "crosstalk", "crosstalk_max", "crosstalk_max_param",
+               *[f"crosstalk_{param}" for param in PARAM_NAMES]]  # `fit_linearity`'s table, even when empty
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,8 @@ def inception_features(network: FIDInception, images: np.ndarray, batch_size: in
 
 @dataclass(frozen=True)
 class DistributionScores:
-    """FID and KID of one image set against another, with the feature network's name and the KID sampling."""
+    """FID and KID of one image set against another, with the feature network's name, the KID sampling and the
+    route FID took (`fid_of_features`)."""
 
     network: str
     fid: float
@@ -120,19 +123,46 @@ class DistributionScores:
     kid_subset_size: int
     images: int
     references: int
+    fid_method: str = "pytorch-fid"
 
     def summary(self) -> dict[str, float | int | str]:
         return asdict(self)
 
 
-def distribution_scores(features: np.ndarray, references: np.ndarray, network: str, kid_subsets: int = 100,
-                        kid_subset_size: int = 1000, seed: int = 2020) -> DistributionScores:
-    """FID and KID of two feature sets [N, D], [M, D] (e.g. results against the real frames)."""
+FidMethod = Literal["pytorch-fid", "auto"]
+
+
+def fid_of_features(features: np.ndarray, references: np.ndarray,
+                    method: FidMethod = "pytorch-fid") -> tuple[float, str]:
+    """FID of two feature sets [N, D], [M, D], and the route it took.
+
+    'pytorch-fid': its `sqrtm` of the D x D covariance product (the parity route). 'auto': that route when both sets
+    hold more than D features; for a smaller set the same distance exactly through its span ('span'):
+    tr (S1 S2)^1/2 is the sum of the square roots of the eigenvalues of A S2 A^T, with A the smaller set's centred
+    features / sqrt(n - 1), an n x n problem instead of D x D. (A 2048-d `sqrtm` takes a minute on 2 cores, and on
+    fewer than D features pytorch-fid's covariances are singular, so it adds a ridge that moves the value a little.)
+    """
     first = FeatureStatistics(features.shape[1]).update(features)
     second = FeatureStatistics(references.shape[1]).update(references)
+    if method == "pytorch-fid" or min(first.count, second.count) > first.dim:
+        return frechet_distance(first.mean, first.covariance, second.mean, second.covariance), "pytorch-fid"
+    (rows, small), (_, large) = sorted([(features, first), (references, second)], key=lambda item: item[1].count)
+    spanned = (np.asarray(rows, np.float64) - small.mean) / np.sqrt(small.count - 1)
+    eigenvalues = np.linalg.eigvalsh(spanned @ large.covariance @ spanned.T)
+    diff = first.mean - second.mean
+    trace_root = np.sqrt(np.clip(eigenvalues, 0, None)).sum()  # round-off can leave tiny negative eigenvalues
+    return float(diff @ diff + np.trace(first.covariance) + np.trace(second.covariance) - 2 * trace_root), "span"
+
+
+def distribution_scores(features: np.ndarray, references: np.ndarray, network: str, kid_subsets: int = 100,
+                        kid_subset_size: int = 1000, seed: int = 2020,
+                        fid_method: FidMethod = "pytorch-fid") -> DistributionScores:
+    """FID and KID of two feature sets [N, D], [M, D] (e.g. results against the real frames); `fid_method` as
+    `fid_of_features`."""
+    fid, route = fid_of_features(features, references, fid_method)
     kid = kernel_inception_distance(features, references, kid_subsets, kid_subset_size, seed)
-    return DistributionScores(network, frechet_distance(first.mean, first.covariance, second.mean, second.covariance),
-                              kid.mean, kid.std, kid.subsets, kid.subset_size, len(features), len(references))
+    return DistributionScores(network, fid, kid.mean, kid.std, kid.subsets, kid.subset_size, len(features),
+                              len(references), route)
 
 
 # --- pose and expression --------------------------------------------------------------------------------------------
@@ -192,7 +222,7 @@ def _shift_units(params: np.ndarray, ranges: ParamRanges, shift_scale: float) ->
 def _generate_and_estimate(generator: Generator, face3d: Face3DBackend, wplus: torch.Tensor,
                            landmarks: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Face parameters [B, 15] and found [B] of G's images of W+ [B, L, D]."""
-    images = to_pixels(generator.synthesis(wplus).image)
+    images = to_pixels(resize_to(generator.synthesis(wplus).image, FRAME_SIZE))  # Net3Ds read the 256 crop
     points = None if landmarks is None else np.repeat(np.asarray(landmarks, np.float32)[None], len(images), axis=0)
     estimate = face3d.estimate(images, points)
     return estimate.to_array()[:, :NUM_PARAMS].astype(np.float64), estimate.found.cpu().numpy()
@@ -265,7 +295,7 @@ def fit_linearity(sweep: pd.DataFrame) -> pd.DataFrame:
                      "points": len(group), "crosstalk": float(np.mean(list(crosstalk.values()))),
                      "crosstalk_max": crosstalk[worst], "crosstalk_max_param": worst,
                      **{f"crosstalk_{param}": crosstalk.get(param, np.nan) for param in PARAM_NAMES}})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=FIT_COLUMNS)
 
 
 def linearity_analysis(generator: Generator, directions: DirectionMatrix, face3d: Face3DBackend, wplus: torch.Tensor,

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from models.detect import align
 from models.directions import NUM_PARAMS, SHIFT_SCALE, ParamRanges
-from models.images import to_pixels
+from models.images import FRAME_SIZE, resize_to, to_pixels
 from models.reenact import Reenactor
 from models.temporal import false_runs, gaussian_smooth, last_true
 from storage.inputs import ClipSource, clip_key_for
@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 CLIP_PREFIX = "clip:"  # names a clip of the store instead of a file: clip:id00001/astronaut01/00001
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-CROP_SIZE = 256
+CROP_SIZE = FRAME_SIZE
 ANALYSIS_BATCH = 32  # frames decoded, cropped and read by the Net3D at once
 Mode = Literal["cross", "self"]
 
@@ -133,7 +133,7 @@ class ReenactNetworks:
         driving = torch.as_tensor(driving_params, dtype=torch.float32, device=self.device)
         with self._autocast():
             images = self.reenactor(wplus, params, driving)
-        return to_pixels(images)
+        return to_pixels(resize_to(images.float(), CROP_SIZE))  # a small G (the demo's 64 px) fills the crop
 
     def estimate(self, crops: np.ndarray, landmarks: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Face parameters float32 [B, 15] and found [B] of crops (with their crop-space landmarks if known)."""

@@ -56,6 +56,7 @@ from models import MissingWeightsError
 from models.directions import (NUM_PARAMS, SHIFT_SCALE, DirectionMatrix, FaceParams, ParamRanges, to_checkpoint,
                                RANGES_PATH, shift_wplus)
 from models.e4e import Encoder4Editing
+from models.images import resize_to
 from models.face3d.regressor import CROP_PER_EXTENT, Face3DRegressor, load_regressor, regressor_input
 from models.reenact import Reenactor
 from models.stylegan2 import Generator
@@ -68,7 +69,7 @@ from training.common.config import TrainingConfig, command_line, load_config
 from training.common.distributed import Distributed, wrap
 from training.common.loop import Amp, Stage, TrainingSummary, optimise, requires_grad, train
 from training.data import StoreCrops, to_model_range
-from training.encoder import frozen_generator, identity_distance, perceptual_distance, resize_to
+from training.encoder import frozen_generator, identity_distance, perceptual_distance
 
 PHASES = ("synthetic", "real", "paired")
 Phase = Literal["synthetic", "real", "paired"]

@@ -35,6 +35,7 @@ from pydantic import Field
 
 from models.arcface import FRAME_SIZE, Backbone, arcface_input
 from models.e4e import Encoder4Editing
+from models.images import resize_to
 from models.stylegan2 import Generator
 from storage.weights import WEIGHT_FILES, WeightsRegistry
 from training.common.checkpoints import Export, load_into, read_weights
@@ -129,12 +130,6 @@ def progressive_stage(config: EncoderTrainingConfig, step: int, style_count: int
     if step < config.progressive_start:
         return 0
     return min(style_count - 1, 1 + (step - config.progressive_start) // config.progressive_every)
-
-
-def resize_to(images: torch.Tensor, size: int) -> torch.Tensor:
-    if images.shape[-1] == size:
-        return images
-    return F.interpolate(images, (size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
 # ------------------------------------------------------------------------------------------------------- stage
