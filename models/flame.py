@@ -351,10 +351,25 @@ def linear_blend_skinning(
     betas [B, K] weight shapedirs [V, 3, K]; full_pose [B, J*3] axis-angle; posedirs [9*(J-1), V*3] weights the
     flattened (R - I) of the non-root joints; joint_regressor [J, V]; skin_weights [V, J].
     """
+    rotations = axis_angle_to_matrix(full_pose.reshape(betas.shape[0], -1, 3))
+    return skin_with_rotations(betas, rotations, template, shapedirs, posedirs, joint_regressor, parents,
+                               skin_weights)
+
+
+def skin_with_rotations(
+    betas: torch.Tensor,
+    rotations: torch.Tensor,
+    template: torch.Tensor,
+    shapedirs: torch.Tensor,
+    posedirs: torch.Tensor,
+    joint_regressor: torch.Tensor,
+    parents: list[int],
+    skin_weights: torch.Tensor,
+) -> torch.Tensor:
+    """`linear_blend_skinning` with the joints' rotations given as matrices [B, J, 3, 3] (no axis-angle step)."""
     batch = betas.shape[0]
     v_shaped = template + torch.einsum("bk,vck->bvc", betas, shapedirs)
     joints = torch.einsum("jv,bvc->bjc", joint_regressor, v_shaped)
-    rotations = axis_angle_to_matrix(full_pose.reshape(batch, -1, 3))
     identity = torch.eye(3, dtype=betas.dtype, device=betas.device)
     pose_feature = (rotations[:, 1:] - identity).flatten(1)
     v_posed = v_shaped + (pose_feature @ posedirs).reshape(batch, -1, 3)
@@ -424,7 +439,11 @@ class FLAME(nn.Module):
 
     def contour_row(self, full_pose: torch.Tensor) -> torch.Tensor:
         """Row [B] of the dynamic contour table for the head's yaw: 0..39 for 0..39 degrees, 40..78 for -1..-39."""
-        rotations = axis_angle_to_matrix(full_pose.reshape(full_pose.shape[0], -1, 3)[:, self.neck_chain])
+        return self.contour_row_of(axis_angle_to_matrix(full_pose.reshape(full_pose.shape[0], -1, 3)))
+
+    def contour_row_of(self, rotations: torch.Tensor) -> torch.Tensor:
+        """`contour_row` of the joints' rotation matrices [B, J, 3, 3]."""
+        rotations = rotations[:, self.neck_chain]
         head = rotations[:, 0]
         for rotation in rotations.unbind(1)[1:]:
             head = rotation @ head
@@ -438,11 +457,17 @@ class FLAME(nn.Module):
         neck_pose = pose.new_zeros(batch, 3) if neck_pose is None else neck_pose
         eye_pose = pose.new_zeros(batch, 6) if eye_pose is None else eye_pose
         full_pose = torch.cat([pose[:, :3], neck_pose, pose[:, 3:], eye_pose], dim=1)
-        vertices = linear_blend_skinning(
-            torch.cat([shape, expression], dim=1), full_pose, self.v_template, self.shapedirs, self.posedirs,
+        return self.from_rotations(shape, expression, axis_angle_to_matrix(full_pose.reshape(batch, -1, 3)))
+
+    def from_rotations(self, shape: torch.Tensor, expression: torch.Tensor, rotations: torch.Tensor) -> FlameOutput:
+        """`forward` with every joint's rotation given as a matrix [B, J, 3, 3] (root, neck, jaw, eyes): for poses
+        that are rotation matrices already (head angles), with no axis-angle conversion in between."""
+        batch = shape.shape[0]
+        vertices = skin_with_rotations(
+            torch.cat([shape, expression], dim=1), rotations, self.v_template, self.shapedirs, self.posedirs,
             self.J_regressor, self.parents, self.lbs_weights,
         )
-        row = self.contour_row(full_pose)
+        row = self.contour_row_of(rotations)
         face_index = torch.cat([self.dynamic_lmk_faces_idx[row], self.static_lmk_faces_idx.expand(batch, -1)], 1)
         bary = torch.cat([self.dynamic_lmk_bary_coords[row], self.static_lmk_bary_coords.expand(batch, -1, -1)], 1)
         return FlameOutput(

@@ -13,21 +13,39 @@ direction only: Δp is one-hot, the source's coordinate moved to a value drawn u
 official `make_shift_vector_50`), and the ground truth is the source's parameters with that one value changed.
 The paired phase uses the whole target, as the official one does (there is no real frame of a one-direction face).
 
-    loss = shape_weight    * mean |Net3D(reenacted) - truth|     over the 15 parameters in shift units
+    loss = shape_weight    * shape(Net3D(reenacted), truth)              the "3DMM shape" term, see below
          + mouth_weight    * mean |d_mouth(reenacted) - d_mouth(truth)|   distances of lip landmark pairs
          + eye_weight      * mean |d_eye(reenacted) - d_eye(truth)|       distances of eyelid landmark pairs
          + identity_weight * (1 - cos ArcFace(reenacted, reference))      reference: source (target when paired)
          + lpips_weight    * LPIPS(reenacted, reference)
          + pixel_weight    * mean |reenacted - real target|               paired phase only
 
+The Net3D (`face3d`) reads G's images differentiably (A is trained through it; it stays frozen), and its face model
+turns parameters into the landmarks of the mouth and eye terms:
+- `deca` (the paper's): DECA's E_flame on DECA's landmark crop at 224, its code mapped to the 15 parameters as the
+  deca backend maps it, and FLAME (`DecaNet3D`). The truth face is FLAME of the truth's parameters with the
+  source's identity (the target's when paired, as the official `calculate_losses_paired`); the reenacted face is
+  FLAME of its own reading, identity included. shape = mean L1 of their vertices, landmarks = FLAME's 68 (dynamic
+  contour), both under the official loss camera (orthographic, scale 8, no shift) in pixels of DECA's 224 image:
+  the official `calculate_shape_loss` and `landmarks2d`. Weights: registry 'deca', 'flame' (+ its landmark
+  embedding) in `weights_dir`; the store's face3d stage must be DECA's, with its 100 identity columns.
+- `synth-regressor` (the synthetic world's, `SynthNet3D`): the world has no FLAME mesh, so shape = mean L1 of the
+  15 parameters in A's shift units (every coordinate spans ±shift_scale), and the 68 landmarks come from the
+  synthetic head (`models.synth.head`: base + jaw * jaw basis + expressions @ expression basis, posed and
+  projected by the renderer's camera, mean identity), pair distances in units of half the 256 frame.
+
 What differs from the paper, and why:
-- The "3DMM shape" term: the official code renders FLAME vertices from the truth's and the reenacted face's DECA
-  codes and takes their L1. This stage's Net3D is the synthetic-world regressor (`synth-regressor`), whose world
-  has no FLAME mesh, so the term is the L1 of the parameters themselves (pose, jaw, expressions in A's shift units,
-  where every coordinate spans ±shift_scale). The 68 landmarks of the mouth and eye terms come from the synthetic
-  head (`models.synth.head`: base + jaw * jaw basis + expressions @ expression basis, posed and projected by the
-  renderer's camera): the role FLAME plays for DECA, with the mean identity's geometry. DECA as the training Net3D
-  (with FLAME vertices) is not wired yet: `face3d` accepts 'synth-regressor' only.
+- DECA's crop: the official code places it on FAN's 68 landmarks of each image. G's images come with none, so a
+  first E_flame pass without gradients reads the face where aligned crops put it (`aligned_face_box`), and
+  the crop is placed on that reading's 68 FLAME landmarks projected back into the image by its camera; the second
+  pass is the one gradients go through. Both passes are batched (the official code runs DECA image by image).
+- The FLAME faces of the DECA terms are built from the 15 parameters A drives, plus identity: head rotation from
+  yaw, pitch, roll (the exact inverse of DECA's reading of its global pose), jaw opening = pose[3], the first 11
+  expressions. The other 39 expressions, the jaw's two other axes, neck and eyes are zero in both faces, where the
+  official code keeps DECA's full codes (the target's or the source's for the truth). So the term does not penalise
+  changes of coefficients A has no direction for; the store keeps only the 15 and the identity of real frames.
+- A landmark pair's distance is Euclidean; the official code compares |dx| and |dy| of a pair separately (mean
+  over the two), so there a roll of the head alone changes the mouth and eye terms, here it does not.
 - Identity needs ArcFace (`arcface-ir-se50`, not shipped): without the file its weight becomes 0 and the run says
   so. LPIPS defaults to weight 0 (its AlexNet trunk is not shipped; see `training.encoder`).
 - G renders with its stored noise maps (as inference does); the official training draws fresh noise.
@@ -50,14 +68,19 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from models import MissingWeightsError
-from models.directions import (NUM_PARAMS, SHIFT_SCALE, DirectionMatrix, FaceParams, ParamRanges, to_checkpoint,
-                               RANGES_PATH, shift_wplus)
+from models.deca import INPUT_SIZE as DECA_INPUT_SIZE, DecaCode, ResnetEncoder, deca_input
+from models.detect.align import CROP_PER_EXTENT as ALIGNED_CROP_PER_EXTENT, SHIFT_UP as ALIGNED_SHIFT_UP
+from models.directions import (NUM_EXPRESSIONS, NUM_PARAMS, SHIFT_SCALE, DirectionMatrix, FaceParams, ParamRanges,
+                               to_checkpoint, RANGES_PATH, shift_wplus)
 from models.e4e import Encoder4Editing
 from models.images import resize_to
+from models.face3d.deca_backend import crop_to_image, face_params
 from models.face3d.regressor import CROP_PER_EXTENT, Face3DRegressor, load_regressor, regressor_input
+from models.flame import FLAME, N_EXPRESSION, N_SHAPE, FlameOutput, axis_angle_to_matrix, orthographic_projection
 from models.reenact import Reenactor
 from models.stylegan2 import Generator
 from models.synth.head import EXPRESSION_BASIS, JAW_BASIS, LANDMARKS_3D
@@ -76,7 +99,9 @@ Phase = Literal["synthetic", "real", "paired"]
 # landmark pairs whose distances the official mouth and eye losses compare (iBUG 68 order)
 MOUTH_PAIRS = ((48, 54), (60, 64), (49, 59), (50, 58), (51, 57), (52, 56), (53, 55), (61, 67), (62, 66), (63, 65))
 EYE_PAIRS = ((36, 39), (37, 41), (38, 40), (42, 45), (43, 47), (44, 46))
-FRAME = 256  # the frame the Net3D's landmarks are in (the store's crops, the renderer's camera)
+FRAME = 256  # the frame the synthetic head's landmarks are in (the store's crops, the renderer's camera)
+# the official shape, mouth and eye terms project FLAME with the fixed camera (scale 8, no shift) into DECA's 224 image
+DECA_LOSS_CAMERA_SCALE = 8.0
 
 
 class DirectionsTrainingConfig(TrainingConfig):
@@ -90,8 +115,8 @@ class DirectionsTrainingConfig(TrainingConfig):
     paired_steps: int = Field(10_000, ge=0, description="Steps of phase (iii): source and target frames of one clip, plus pixel L1.")
     generator: str = Field("demo-generator", description="The frozen G: a weights-registry name, or a .safetensors / official .pt file ('g_ema').")
     weights_dir: str | None = Field(None, description="Weights directory for registry names (generator, encoder, ArcFace, LPIPS's AlexNet).")
-    face3d: Literal["synth-regressor"] = Field("synth-regressor", description="The differentiable Net3D that reads the reenacted faces (the store's face3d stage must be of this backend).")
-    face3d_weights: str | None = Field(None, description="The regressor's weights file (default: the one shipped in models/data).")
+    face3d: Literal["synth-regressor", "deca"] = Field("synth-regressor", description="The differentiable Net3D that reads the reenacted faces: the synthetic world's regressor, or the paper's DECA E_flame with FLAME (registry 'deca', 'flame', 'flame-landmark-embedding' in weights_dir). The store's face3d stage must be of this backend.")
+    face3d_weights: str | None = Field(None, description="face3d=synth-regressor: the regressor's weights file (default: the one shipped in models/data). DECA and FLAME come from the weights registry.")
     real_source: Literal["inversion", "encoder"] = Field("inversion", description="W+ of real frames: the store's inversion stage, or the encoder run on the crop now.")
     encoder: str = Field("demo-encoder", description="The encoder for real_source=encoder: a registry name or a .safetensors / .pt ('e') file.")
     ranges: str = Field("store", description="The table mapping jaw and expressions to shift units: 'store' (<store>/ranges-<face3d>.npy of encode-dataset), 'measure' (min/max over G's samples at start, the official extract_statistics), 'official' (models/data), or a .npy path.")
@@ -103,7 +128,7 @@ class DirectionsTrainingConfig(TrainingConfig):
     mean_latent_samples: int = Field(4096, ge=1, description="z samples of G's mean w (as the Reenactor computes it, seed 0).")
     lr: float = Field(1e-4, gt=0, description="Adam learning rate (official: 1e-4).")
     weight_decay: float = Field(5e-4, ge=0, description="Adam weight decay (official: 5e-4).")
-    shape_weight: float = Field(1.0, ge=0, description="Weight of the parameter L1 (the paper's 3DMM shape term; see the module docstring).")
+    shape_weight: float = Field(1.0, ge=0, description="Weight of the paper's 3DMM shape term: FLAME's vertex L1 with face3d=deca, the parameter L1 with synth-regressor (see the module docstring).")
     mouth_weight: float = Field(1.0, ge=0, description="Weight of the mouth landmark distances.")
     eye_weight: float = Field(1.0, ge=0, description="Weight of the eye landmark distances.")
     identity_weight: float = Field(10.0, ge=0, description="Weight of the ArcFace identity loss (official: 10); 0 with a note when model_ir_se50.pth is absent.")
@@ -117,6 +142,9 @@ class DirectionsTrainingConfig(TrainingConfig):
     def _some_phase(self) -> DirectionsTrainingConfig:
         if not (self.synthetic_steps or self.real_steps or self.paired_steps):
             raise ValueError("at least one of synthetic_steps, real_steps, paired_steps must be > 0")
+        if self.face3d == "deca" and self.face3d_weights:
+            raise ValueError("face3d_weights is the synth-regressor's file; face3d=deca reads deca/deca_model.tar and "
+                             "FLAME from weights_dir (the weights registry)")
         return self
 
     def phase_at(self, step: int) -> Phase:
@@ -142,7 +170,8 @@ class DirectionsTrainingConfig(TrainingConfig):
 # ------------------------------------------------------------------------------------------- the training Net3D
 
 def _rotation(params: torch.Tensor) -> torch.Tensor:
-    """[B, 3, 3] head -> camera rotations Rz(roll) Ry(-yaw) Rx(pitch) of degrees (`models.synth.head.rotation_matrix`)."""
+    """[B, 3, 3] head -> camera rotations Rz(roll) Ry(-yaw) Rx(pitch) of degrees (`models.synth.head.rotation_matrix`);
+    also the exact inverse of DECA's reading of its global pose (`models.flame.euler_from_axis_angle`)."""
     yaw, pitch, roll = (torch.deg2rad(params[:, i]) for i in range(3))
     one, zero = torch.ones_like(yaw), torch.zeros_like(yaw)
     cy, sy, cp, sp, cr, sr = torch.cos(-yaw), torch.sin(-yaw), torch.cos(pitch), torch.sin(pitch), torch.cos(roll), \
@@ -153,6 +182,21 @@ def _rotation(params: torch.Tensor) -> torch.Tensor:
     return rz @ ry @ rx
 
 
+@dataclass
+class Faces:
+    """A batch of faces as the shape term compares them: the 15 parameters (their own units and A's shift units)
+    and the Net3D's identity coefficients [B, shape_size]."""
+
+    params: torch.Tensor  # [B, 15]
+    shift: torch.Tensor  # [B, 15]
+    shape: torch.Tensor  # [B, S]
+
+
+def split_reading(reading: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Net3D reading (or a stored face3d row) [B, 15 + S] as the 15 parameters and the identity coefficients."""
+    return reading[:, :NUM_PARAMS], reading[:, NUM_PARAMS:]
+
+
 class SynthNet3D:
     """The synth-regressor as a differentiable Net3D, and the synthetic head as its face model.
 
@@ -160,10 +204,13 @@ class SynthNet3D:
     of a face with given parameters (the synthetic head's mean identity, posed and projected into the 256 frame),
     which is how the official code gets landmarks from DECA's codes through FLAME. The regressor's crop box is found
     by a first pass without gradients (a box around the head's landmarks of its first reading), then the image is
-    read again inside that fixed box.
+    read again inside that fixed box. The losses use no identity (`shape_size` 0: the mean head), and the shape term
+    is the L1 of the parameters in shift units (this world has no mesh of its own beyond the 68 points).
     """
 
     name = "synth-regressor"
+    shape_size = 0
+    landmark_unit = FRAME / 2  # pair distances in units of half the frame
 
     def __init__(self, network: Face3DRegressor, device: torch.device):
         self.network = network.to(device).eval()
@@ -174,8 +221,8 @@ class SynthNet3D:
         self.head_position = torch.as_tensor(HEAD_POSITION, dtype=torch.float32, device=device)
         self.frontal_box = self.boxes(self.landmarks(torch.zeros(1, NUM_PARAMS, device=device)))
 
-    def landmarks(self, params: torch.Tensor) -> torch.Tensor:
-        """[B, 68, 2] pixels of the 256 frame for parameters [B, 15] (differentiable)."""
+    def landmarks(self, params: torch.Tensor, shape: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, 68, 2] pixels of the 256 frame for parameters [B, 15] (differentiable; the mean identity)."""
         points = (self.base + params[:, 3, None, None] * self.jaw_basis
                   + torch.einsum("be,enc->bnc", params[:, 4:], self.expression_basis))
         camera = points @ _rotation(params).transpose(1, 2) + self.head_position
@@ -201,18 +248,120 @@ class SynthNet3D:
             boxes = self.boxes(self.landmarks(first[:, :NUM_PARAMS])) * scale
         return self.network(regressor_input(pixels, boxes))[:, :NUM_PARAMS]
 
+    def shape_distance(self, reenacted: Faces, truth: Faces) -> torch.Tensor:
+        """Mean |reenacted - truth| of the 15 parameters in shift units."""
+        return (reenacted.shift - truth.shift).abs().mean()
 
-def build_net3d(config: DirectionsTrainingConfig, device: torch.device) -> SynthNet3D:
+
+def aligned_face_box(count: int, size: int, device: torch.device) -> torch.Tensor:
+    """[count, 2, 2] corners standing in for the 68 landmarks of the face in an aligned crop of side `size`
+    (`models.detect.align`: the crop is twice the landmarks' larger extent, centred a sixth of it above their box)."""
+    extent = size / ALIGNED_CROP_PER_EXTENT
+    centre = torch.tensor([size / 2, size / 2 + extent * ALIGNED_SHIFT_UP], device=device)
+    corners = torch.stack([centre - extent / 2, centre + extent / 2])
+    return corners.expand(count, -1, -1)
+
+
+class DecaNet3D:
+    """DECA's E_flame as a differentiable Net3D, and FLAME as its face model: the official training's Net3D.
+
+    `read`: images in [-1, 1] to [0, 255], DECA's landmark crop (`models.deca.deca_input`, bilinear, so gradients
+    reach the image) at 224, E_flame, and the 236-d code mapped to the 15 parameters as the deca backend maps it
+    (`models.face3d.deca_backend.face_params`), then FLAME's 100 identity coefficients. The official code places
+    the crop on FAN's 68 landmarks of each image; G's images have none, so a first pass without gradients reads the
+    face in the box of an aligned crop (`aligned_face_box`) and the crop is placed on the 68 FLAME landmarks of that
+    reading, projected with its camera back into the image (what `DecaBackend` reports as landmarks).
+
+    `landmarks` and `vertices`: FLAME of the 15 parameters and an identity (head rotation Rz(roll) Ry(-yaw) Rx(pitch),
+    jaw opening about x, the 11 expressions, the other 39 expressions, neck and eyes at zero), projected as the
+    official losses project them: orthographic camera (8, 0, 0) in pixels of DECA's 224 image. The shape term is
+    the mean L1 of those vertices (x, y, z), the official `calculate_shape_loss`.
+    """
+
+    name = "deca"
+    shape_size = N_SHAPE
+    landmark_unit = 1.0  # pixels of DECA's 224 image, as the official mouth and eye terms
+
+    def __init__(self, encoder: ResnetEncoder, flame: FLAME, device: torch.device):
+        self.encoder = encoder.to(device).eval()
+        self.flame = flame.to(device).eval()
+        requires_grad(self.encoder, False)
+        requires_grad(self.flame, False)
+
+    def _code(self, pixels: torch.Tensor, points: torch.Tensor) -> DecaCode:
+        return DecaCode.from_vector(self.encoder(deca_input(pixels, points)))
+
+    def read(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 15 + 100]: the 15 parameters and FLAME's identity coefficients of images [B, 3, S, S] in [-1, 1]."""
+        pixels = (images.float().clamp(-1, 1) + 1) * 127.5
+        with torch.no_grad():
+            box = aligned_face_box(len(images), images.shape[-1], images.device)
+            first = self._code(pixels, box)
+            projected = orthographic_projection(self.flame(first.shape, first.exp, first.pose).landmarks, first.cam)
+            points = crop_to_image(projected, box)
+        code = self._code(pixels, points)
+        return torch.cat([face_params(code).to_vector(), code.shape], dim=1)
+
+    def _flame(self, params: torch.Tensor, shape: torch.Tensor) -> FlameOutput:
+        jaw = F.pad(params[:, 3:4], (0, 2))  # axis-angle about x: DECA's pose[3]
+        still = torch.eye(3, dtype=params.dtype, device=params.device).expand(len(params), 3, 3)
+        # FLAME's joints: root (the head), neck, jaw, two eyes; DECA keeps neck and eyes still
+        rotations = torch.stack([_rotation(params), still, axis_angle_to_matrix(jaw), still, still], dim=1)
+        expression = F.pad(params[:, 4:], (0, N_EXPRESSION - NUM_EXPRESSIONS))
+        return self.flame.from_rotations(shape, expression, rotations)
+
+    @staticmethod
+    def _official_frame(points: torch.Tensor) -> torch.Tensor:
+        """FLAME points [B, N, 3] under the official loss camera, in pixels of DECA's image (y and z flipped)."""
+        half = DECA_INPUT_SIZE / 2
+        return points * points.new_tensor([1.0, -1.0, -1.0]) * DECA_LOSS_CAMERA_SCALE * half + half
+
+    def landmarks(self, params: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+        """[B, 68, 2] FLAME's 68 landmarks (dynamic contour) of parameters [B, 15] and identity [B, 100]."""
+        return self._official_frame(self._flame(params, shape).landmarks)[..., :2]
+
+    def vertices(self, params: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+        """[B, V, 3] FLAME's vertices of parameters [B, 15] and identity [B, 100]."""
+        return self._official_frame(self._flame(params, shape).vertices)
+
+    def shape_distance(self, reenacted: Faces, truth: Faces) -> torch.Tensor:
+        """Mean |reenacted - truth| of the FLAME vertices: each face with its own identity (the reenacted face's
+        reading, the truth's source), as the official code."""
+        difference = self.vertices(reenacted.params, reenacted.shape) - self.vertices(truth.params, truth.shape)
+        return difference.abs().mean()
+
+
+Net3D = SynthNet3D | DecaNet3D
+
+
+def load_deca_net3d(registry: WeightsRegistry, device: torch.device) -> DecaNet3D:
+    """E_flame ('deca') and FLAME ('flame', plus 'flame-landmark-embedding' for the .pkl) of the weights registry;
+    every file is located before anything loads, so a missing one is named at once (MissingWeightsError)."""
+    registry.path("deca")
+    flame_path = registry.path("flame")
+    embedding = registry.path("flame-landmark-embedding") if flame_path.suffix == ".pkl" else None
+    return DecaNet3D(registry.get("deca"), FLAME.from_files(flame_path, embedding), device)
+
+
+def build_net3d(config: DirectionsTrainingConfig, device: torch.device) -> Net3D:
+    if config.face3d == "deca":
+        return load_deca_net3d(WeightsRegistry(config.weights_dir), device)
     network = load_regressor(config.face3d_weights) if config.face3d_weights else load_regressor()
     return SynthNet3D(network, device)
 
 
 # ------------------------------------------------------------------------------------------------------ losses
 
-def pair_distances(landmarks: torch.Tensor, pairs: Sequence[tuple[int, int]]) -> torch.Tensor:
-    """[B, P] distances of landmark pairs, in units of half the frame (DECA's normalised image coordinates)."""
+def pair_distances(landmarks: torch.Tensor, pairs: Sequence[tuple[int, int]], unit: float) -> torch.Tensor:
+    """[B, P] distances of landmark pairs, in `unit`s of the landmarks' frame (the Net3D's `landmark_unit`)."""
     first, second = (torch.as_tensor(index, device=landmarks.device) for index in zip(*pairs))
-    return (landmarks[:, first] - landmarks[:, second]).norm(dim=-1) / (FRAME / 2)
+    return (landmarks[:, first] - landmarks[:, second]).norm(dim=-1) / unit
+
+
+def pair_distance_error(landmarks: torch.Tensor, truth: torch.Tensor, pairs: Sequence[tuple[int, int]],
+                        unit: float) -> torch.Tensor:
+    """The mouth or eye term: mean |distance - truth's distance| over the landmark pairs."""
+    return (pair_distances(landmarks, pairs, unit) - pair_distances(truth, pairs, unit)).abs().mean()
 
 
 def one_direction_shift(source: torch.Tensor, count: int, shift_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,9 +382,10 @@ def one_direction_shift(source: torch.Tensor, count: int, shift_scale: float) ->
 
 class StoreFrames:
     """The store frames phases (ii) and (iii) draw: those with a face3d reading of the training Net3D (and an
-    inversion when W+ comes from the store), their parameters in memory, W+ and crops read when drawn."""
+    inversion when W+ comes from the store), their parameters (the first `columns` of the stored reading: the 15,
+    then the identity the Net3D's losses use) in memory, W+ and crops read when drawn."""
 
-    def __init__(self, dataset: StoreCrops, backend: str, need_inversion: bool):
+    def __init__(self, dataset: StoreCrops, backend: str, need_inversion: bool, columns: int = NUM_PARAMS):
         self.dataset = dataset
         store = ClipStore.open(dataset.root, create=False)
         self.params: dict[int, np.ndarray] = {}
@@ -251,7 +401,10 @@ class StoreFrames:
                 continue
             clip = store.clip(key)
             stage = clip.stage("face3d")
-            self.params[number] = np.asarray(stage["params"][:, :NUM_PARAMS], np.float32)
+            if stage["params"].shape[1] < columns:
+                problems.append(f"{key}: face3d has {stage['params'].shape[1]} columns, not {columns}")
+                continue
+            self.params[number] = np.asarray(stage["params"][:, :columns], np.float32)
             found = np.asarray(stage["found"][:], bool)
             if need_inversion:
                 self.wplus[number] = clip.stage("inversion")["wplus"]
@@ -282,7 +435,7 @@ class StoreFrames:
         return np.asarray(out)
 
     def read(self, items: np.ndarray, device: torch.device, wplus: bool) -> dict[str, torch.Tensor]:
-        """Crops in [-1, 1], stored parameters [B, 15] and (optionally) stored W+ of frames."""
+        """Crops in [-1, 1], stored parameters [B, columns] and (optionally) stored W+ of frames."""
         clip_frame = self.dataset.items[items]
         crops = to_model_range(torch.stack(self.dataset.__getitems__([int(i) for i in items])), device)
         params = torch.as_tensor(np.stack([self.params[int(c)][int(f)] for c, f in clip_frame]), device=device)
@@ -302,6 +455,7 @@ class Pairs:
     source_wplus: torch.Tensor  # [B, L, D], untruncated
     delta: torch.Tensor  # [B, 15] shift units
     truth: torch.Tensor  # [B, 15] shift units
+    truth_shape: torch.Tensor  # [B, S] the truth's identity: the source's (the target's when paired), as official
     reference: torch.Tensor  # [B, 3, S, S] the identity / LPIPS reference
     target_image: torch.Tensor | None = None  # the real target frame (paired phase)
 
@@ -337,8 +491,8 @@ class DirectionsStage(Stage):
         # the Reenactor of inference: its Δp, and its mean w (same samples, same seed) for the truncation
         self.reenactor = Reenactor(self.generator, self.A, self.ranges, config.shift_scale, config.truncation,
                                    config.mean_latent_samples)
-        self.frames = StoreFrames(dataset, self.net3d.name, config.real_source == "inversion") \
-            if config.phases_run() - {"synthetic"} else None
+        self.frames = StoreFrames(dataset, self.net3d.name, config.real_source == "inversion",
+                                  NUM_PARAMS + self.net3d.shape_size) if config.phases_run() - {"synthetic"} else None
         self.encoder = self._encoder() if config.real_source == "encoder" and self.frames is not None else None
         self.weights = self._loss_weights()
         self.identity = identity_distance(config, self.device) if self.weights["identity"] else None
@@ -369,7 +523,7 @@ class DirectionsStage(Stage):
         for start in range(0, self.config.ranges_samples, 32):
             count = min(32, self.config.ranges_samples - start)
             wplus = self._sample_wplus(count, generator)
-            readings.append(self.net3d.read(self._render(wplus, mean=mean)).cpu())
+            readings.append(self._read_params(self._render(wplus, mean=mean)).cpu())
         return ParamRanges.measure(torch.cat(readings).double().numpy())
 
     def _encoder(self) -> Encoder4Editing:
@@ -404,7 +558,7 @@ class DirectionsStage(Stage):
         source = self._sample_wplus(self.config.validation_count, generator)
         target = self._sample_wplus(self.config.validation_count, generator)
         source_images, target_images = self._render(source), self._render(target)
-        source_params, target_params = self.net3d.read(source_images), self.net3d.read(target_images)
+        source_params, target_params = self._read_params(source_images), self._read_params(target_images)
         return {"source_wplus": source, "source": source_images, "target": target_images,
                 "delta": self._to_shift(target_params) - self._to_shift(source_params),
                 "truth": self._to_shift(target_params)}
@@ -426,6 +580,9 @@ class DirectionsStage(Stage):
             wplus = mean + self.config.truncation * (wplus - mean)
         return self.generator.synthesis(wplus).image
 
+    def _read_params(self, images: torch.Tensor) -> torch.Tensor:
+        return split_reading(self.net3d.read(images))[0]
+
     def _to_shift(self, params: torch.Tensor) -> torch.Tensor:
         return self.ranges.to_shift_space(FaceParams.from_vector(params), self.config.shift_scale)
 
@@ -441,25 +598,27 @@ class DirectionsStage(Stage):
             source = self.frames.read(items, self.device, self.encoder is None)
             target = self.frames.read(self.frames.partners(items), self.device, False)
             target_image = resize_to(target["crops"], size)
-            truth = self._to_shift(target["params"])
-            return Pairs(self._real_wplus(source), truth - self._to_shift(source["params"]), truth, target_image,
-                         target_image)
+            target_params, target_shape = split_reading(target["params"])
+            truth = self._to_shift(target_params)
+            delta = truth - self._to_shift(split_reading(source["params"])[0])
+            return Pairs(self._real_wplus(source), delta, truth, target_shape, target_image, target_image)
         target_wplus = self._sample_wplus(batch)
-        target_shift = self._to_shift(self.net3d.read(self._render(target_wplus)))
+        target_shift = self._to_shift(self._read_params(self._render(target_wplus)))
         if phase == "synthetic":
             source_wplus = self._sample_wplus(batch)
             reference = self._render(source_wplus)
-            source_shift = self._to_shift(self.net3d.read(reference))
+            source_params, source_shape = split_reading(self.net3d.read(reference))
         else:
             source = self.frames.read(self.frames.draw(batch), self.device, self.encoder is None)
             source_wplus, reference = self._real_wplus(source), resize_to(source["crops"], size)
-            source_shift = self._to_shift(source["params"])
+            source_params, source_shape = split_reading(source["params"])
+        source_shift = self._to_shift(source_params)
         delta, truth = target_shift - source_shift, target_shift.clone()
         single = int(round(batch * self.config.one_direction_fraction))
         if single:
             delta[batch - single:], truth[batch - single:] = one_direction_shift(
                 source_shift[batch - single:], single, self.config.shift_scale)
-        return Pairs(source_wplus, delta, truth, reference)
+        return Pairs(source_wplus, delta, truth, source_shape, reference)
 
     def _real_wplus(self, frames: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.encoder is None:
@@ -470,13 +629,16 @@ class DirectionsStage(Stage):
         """The weighted total and each term of a batch, reenacting through `directions` (A or its DDP wrapper)."""
         with self.amp.autocast():
             reenacted = self._render(pairs.source_wplus, directions(pairs.delta)).float()
-        params = self.net3d.read(reenacted)
-        truth_params = self._from_shift(pairs.truth)
-        landmarks, truth_landmarks = self.net3d.landmarks(params), self.net3d.landmarks(truth_params)
+        params, shape = split_reading(self.net3d.read(reenacted))
+        faces = Faces(params, self._to_shift(params), shape)
+        truth = Faces(self._from_shift(pairs.truth), pairs.truth, pairs.truth_shape)
+        landmarks = self.net3d.landmarks(faces.params, faces.shape)
+        truth_landmarks = self.net3d.landmarks(truth.params, truth.shape)
+        unit = self.net3d.landmark_unit
         terms = {
-            "shape": (self._to_shift(params) - pairs.truth).abs().mean(),
-            "mouth": (pair_distances(landmarks, MOUTH_PAIRS) - pair_distances(truth_landmarks, MOUTH_PAIRS)).abs().mean(),
-            "eye": (pair_distances(landmarks, EYE_PAIRS) - pair_distances(truth_landmarks, EYE_PAIRS)).abs().mean(),
+            "shape": self.net3d.shape_distance(faces, truth),
+            "mouth": pair_distance_error(landmarks, truth_landmarks, MOUTH_PAIRS, unit),
+            "eye": pair_distance_error(landmarks, truth_landmarks, EYE_PAIRS, unit),
             "pixel": (reenacted - pairs.target_image).abs().mean() if pairs.target_image is not None
             else reenacted.new_zeros(()),
         }
@@ -502,7 +664,7 @@ class DirectionsStage(Stage):
         """Mean |Net3D(reenacted) - target| in shift units over the fixed synthetic pairs (full reenactment)."""
         pairs = self.validation
         reenacted = self._render(pairs["source_wplus"], self.A(pairs["delta"]))
-        return float((self._to_shift(self.net3d.read(reenacted)) - pairs["truth"]).abs().mean())
+        return float((self._to_shift(self._read_params(reenacted)) - pairs["truth"]).abs().mean())
 
     def scalars(self) -> dict[str, float]:
         return {"val/param_l1": self.validation_error()}

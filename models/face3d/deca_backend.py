@@ -48,10 +48,9 @@ class DecaBackend:
             pixels = torch.tensor(images[chunk]).to(self.device).permute(0, 3, 1, 2).float()
             codes.append(self.encoder(deca_input(pixels, crop_points[chunk].to(self.device))).float().cpu())
         code = DecaCode.from_vector(torch.cat(codes) if codes else torch.zeros(0, CODE_SIZE))
-        yaw, pitch, roll = euler_from_axis_angle(code.global_pose).unbind(-1)
         with_flame = self.flame is not None and len(images) > 0  # FLAME's skinning cannot take an empty batch
         return Face3DEstimate(
-            params=FaceParams(yaw, pitch, roll, code.jaw_pose[:, 0], code.exp[:, :NUM_EXPRESSIONS]),
+            params=face_params(code),
             shape=code.shape,
             landmarks=self._landmarks(code, crop_points) if with_flame else torch.from_numpy(points),
             found=torch.from_numpy(found),
@@ -62,5 +61,18 @@ class DecaBackend:
         as `deca_input` samples it), so x = centre + n * side / 2."""
         flame_out = self.flame(code.shape.to(self.device), code.exp.to(self.device), code.pose.to(self.device))
         normalised = orthographic_projection(flame_out.landmarks, code.cam.to(self.device)).cpu()
-        centre, side = deca_crop_box(crop_points)
-        return centre[:, None, :] + normalised * side[:, None, None] / 2
+        return crop_to_image(normalised, crop_points)
+
+
+def face_params(code: DecaCode) -> FaceParams:
+    """The 15 parameters of A from DECA codes (differentiable): yaw, pitch, roll of the global pose, jaw = pose[3],
+    the first 11 expression coefficients."""
+    yaw, pitch, roll = euler_from_axis_angle(code.global_pose).unbind(-1)
+    return FaceParams(yaw, pitch, roll, code.jaw_pose[:, 0], code.exp[:, :NUM_EXPRESSIONS])
+
+
+def crop_to_image(normalised: torch.Tensor, crop_points: torch.Tensor) -> torch.Tensor:
+    """Points [B, N, 2] of DECA's normalised crop frame (the orthographic camera's [-1, 1]) in image pixels, for
+    the crop `deca_input` cut around crop_points [B, K, 2]: x = centre + n * side / 2."""
+    centre, side = deca_crop_box(crop_points)
+    return centre[:, None, :] + normalised * side[:, None, None] / 2

@@ -1,58 +1,70 @@
 """train-directions: the flow moves the Net3D's reading of reenacted faces towards the target (on fixed validation
 pairs), half of each batch moves one direction, the phases follow the schedule, a stopped and resumed run ends with
-bit for bit the same A, and the export loads as the registry's demo directions and drives a Reenactor."""
+bit for bit the same A, and the export loads as the registry's demo directions and drives a Reenactor. With DECA and
+FLAME (random weights in the official layout) as the Net3D, the shape term is FLAME's vertex L1, every phase runs,
+and gradients reach A only."""
 
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import torch
 
 from flows.train_directions import train_directions as train_directions_flow
+from models import MissingWeightsError
+from models.deca import CHECKPOINT_KEY as DECA_KEY, ResnetEncoder
 from models.directions import NUM_PARAMS, ParamRanges, from_checkpoint
+from models.flame import euler_from_axis_angle, orthographic_projection
 from models.reenact import Reenactor
 from storage.store import ClipKey, ClipStore
 from storage.weights import WeightsRegistry
+from tests.models.test_flame import synthetic_flame
 from tests.training import QUICK, TINY_G, differing_tensors, tiny_generator_file
 from training.common.checkpoints import read_checkpoint
-from models.face3d.regressor import load_regressor
+from models.face3d.regressor import SHAPE_SIZE as SYNTH_SHAPE_SIZE, load_regressor
 from training.common.distributed import Distributed
 from training.data import StoreCrops
-from training.directions import (DirectionsStage, DirectionsTrainingConfig, SynthNet3D, one_direction_shift,
-                                 train_directions)
+from training.directions import (DirectionsStage, DirectionsTrainingConfig, Faces, SynthNet3D, build_net3d,
+                                 load_deca_net3d, one_direction_shift, split_reading, train_directions)
 
 FRAMES = 12  # per clip
+STORED_COLUMNS = {"synth-regressor": NUM_PARAMS + SYNTH_SHAPE_SIZE, "deca": NUM_PARAMS + 100}  # the backends' rows
 
 
-def write_world(root, generator, clips: int = 2) -> ClipStore:
-    """A store of G's own renders with the stages encode-dataset writes: face3d (read by the training Net3D),
-    inversion (the W+ that rendered each crop) and the ranges table of those readings."""
-    store = ClipStore.open(root / "world.zarr", chunk_frames=8)
-    net3d = SynthNet3D(load_regressor(), torch.device("cpu"))
+def write_world(root, generator, net3d=None, clips: int = 2, frames: int = FRAMES, name: str = "world.zarr"
+                ) -> ClipStore:
+    """A store of G's own renders with the stages encode-dataset writes: face3d (read by the training Net3D, the
+    synth-regressor by default), inversion (the W+ that rendered each crop) and the ranges table of those readings."""
+    store = ClipStore.open(root / name, chunk_frames=8)
+    net3d = net3d or SynthNet3D(load_regressor(), torch.device("cpu"))
     readings = []
     for number in range(clips):
         key = ClipKey(f"id{number:02d}", "video", "00001")
         with torch.no_grad():
-            z = torch.randn(FRAMES, generator.style_dim, generator=torch.Generator().manual_seed(number))
+            z = torch.randn(frames, generator.style_dim, generator=torch.Generator().manual_seed(number))
             wplus = generator.get_latent(z).unsqueeze(1).repeat(1, generator.n_latent, 1)
             images = generator.synthesis(wplus).image.clamp(-1, 1)
-            params = torch.cat([net3d.read(images), torch.zeros(FRAMES, 6)], 1).numpy()
+            reading = net3d.read(images)
+            params = torch.cat([reading, torch.zeros(frames, STORED_COLUMNS[net3d.name] - reading.shape[1])], 1)
+            params = params.numpy()
         crops = ((images + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         with store.write_clip(key) as clip:
             clip.put("crops", crops)
         with store.write_stage(key, "face3d") as stage:
             stage.put("params", params.astype(np.float32))
-            stage.put("landmarks", np.zeros((FRAMES, 68, 2), np.float32))
-            stage.put("found", np.ones(FRAMES, bool))
-            stage.set_attrs(backend="synth-regressor")
+            stage.put("landmarks", np.zeros((frames, 68, 2), np.float32))
+            stage.put("found", np.ones(frames, bool))
+            stage.set_attrs(backend=net3d.name)
         with store.write_stage(key, "inversion") as stage:
             stage.put("wplus", wplus.numpy().astype(np.float16))
             stage.set_attrs(encoder="test")
         readings.append(params[:, :NUM_PARAMS])
-    np.save(store.root / "ranges-synth-regressor.npy", ParamRanges.measure(np.concatenate(readings)).table)
+    np.save(store.root / f"ranges-{net3d.name}.npy", ParamRanges.measure(np.concatenate(readings)).table)
     return store
 
 
@@ -173,3 +185,133 @@ def test_ranges_measured_on_the_generator(world, tmp_path):
     stage = stage_for(tiny(world, tmp_path / "m", ranges="measure", ranges_samples=64))
     table = stage.ranges.table
     assert (table[3:15, 1] > table[3:15, 0]).all() and np.isnan(table[15:]).all()
+
+
+# ------------------------------------------------------------------------------------------- DECA as the Net3D
+
+def write_deca_weights(root):
+    """deca/deca_model.tar (E_flame, seeded random weights) and FLAME's official files (the synthetic model of
+    tests/models/test_flame.py as generic_model.pkl with plain arrays, and landmark_embedding.npy) under `root`."""
+    (root / "deca").mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save({DECA_KEY: ResnetEncoder().state_dict()}, root / "deca" / "deca_model.tar")
+    model, embedding = synthetic_flame(np.random.default_rng(0))
+    (root / "deca" / "generic_model.pkl").write_bytes(pickle.dumps(model, protocol=2))
+    np.save(root / "deca" / "landmark_embedding.npy", embedding, allow_pickle=True)
+    return root
+
+
+@contextmanager
+def one_torch_thread():
+    """As the loop runs with QUICK's threads=1: ResNet-50 on two busy cores is several times faster so."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def deca_world(world, tmp_path_factory):
+    """(weights dir, DecaNet3D, store path): the store has one clip of 4 frames read by that DecaNet3D."""
+    root, generator = world
+    weights = write_deca_weights(tmp_path_factory.mktemp("deca-weights"))
+    net3d = load_deca_net3d(WeightsRegistry(weights), torch.device("cpu"))
+    with one_torch_thread():
+        write_world(root, generator, net3d, clips=1, frames=4, name="deca-world.zarr")
+    return weights, net3d, root / "deca-world.zarr"
+
+
+def deca_config(world, deca_world, out, **changes) -> DirectionsTrainingConfig:
+    weights, _, store = deca_world
+    settings = {"face3d": "deca", "weights_dir": str(weights), "store": str(store), "batch_size": 2,
+                "validation_count": 2, "sample_count": 2, "log_every": 1, **changes}
+    return tiny(world, out, **settings)
+
+
+def known_faces(net3d, batch: int = 2, seed: int = 0) -> tuple[Faces, torch.Tensor, torch.Tensor]:
+    """Faces of random DECA poses (axis-angle), jaws, expressions and identities, and those poses and jaws."""
+    rng = torch.Generator().manual_seed(seed)
+    pose, jaw = 0.3 * torch.randn(batch, 3, generator=rng), 0.2 * torch.rand(batch, generator=rng)
+    params = torch.cat([euler_from_axis_angle(pose), jaw[:, None], torch.randn(batch, 11, generator=rng)], 1)
+    shape = torch.randn(batch, net3d.shape_size, generator=rng)
+    return Faces(params, torch.zeros_like(params), shape), pose, jaw
+
+
+def test_deca_shape_term_is_the_flame_vertex_l1_under_the_official_camera(deca_world):
+    """By hand: FLAME's own axis-angle path (the DECA code's pose, the 39 further expressions at zero), DECA's
+    orthographic camera (8, 0, 0) and its 224 image (x 112 + 112); the L1 is the mean over vertices and x, y, z."""
+    _, net3d, _ = deca_world
+    faces, pose, jaw = known_faces(net3d)
+    expression = torch.cat([faces.params[:, 4:], torch.zeros(2, 39)], 1)
+    flame = net3d.flame(faces.shape, expression, torch.cat([pose, jaw[:, None], torch.zeros(2, 2)], 1))
+    by_hand = flame.vertices * torch.tensor([1.0, -1.0, -1.0]) * 8 * 112 + 112
+    torch.testing.assert_close(net3d.vertices(faces.params, faces.shape), by_hand, atol=1e-3, rtol=1e-5)
+    camera = torch.tensor([[8.0, 0.0, 0.0]]).expand(2, -1)
+    torch.testing.assert_close(net3d.landmarks(faces.params, faces.shape),
+                               orthographic_projection(flame.landmarks, camera) * 112 + 112, atol=1e-3, rtol=1e-5)
+
+    assert net3d.shape_distance(faces, faces) == 0
+    other, other_pose, other_jaw = known_faces(net3d, seed=1)
+    other_flame = net3d.flame(other.shape, torch.cat([other.params[:, 4:], torch.zeros(2, 39)], 1),
+                              torch.cat([other_pose, other_jaw[:, None], torch.zeros(2, 2)], 1))
+    expected = 8 * 112 * (flame.vertices - other_flame.vertices).abs().mean()
+    distance = net3d.shape_distance(faces, other)
+    assert distance > 0 and torch.isclose(distance, expected, rtol=1e-4)
+
+
+def test_train_directions_with_deca_runs_every_phase_with_finite_terms(world, deca_world, tmp_path):
+    config = deca_config(world, deca_world, tmp_path / "d", steps=3, synthetic_steps=1, real_steps=1, paired_steps=1,
+                         ranges="store")
+    summary = train_directions(config)
+    rows = [json.loads(line) for line in open(f"{config.out}/stats.jsonl")]
+    assert [row["phase"] for row in rows] == [0, 1, 2] and summary.steps == 3
+    for row in rows:
+        assert all(np.isfinite(row[name]) for name in ("loss", "shape", "mouth", "eye", "pixel")), row
+        assert row["shape"] > 0
+    assert read_checkpoint(summary.checkpoint)["face3d"] == "deca"
+
+
+def test_deca_gradients_reach_A_only_and_the_stage_wires_the_source_identity(world, deca_world, tmp_path):
+    with one_torch_thread():
+        check_gradients_and_shape_wiring(stage_for(deca_config(world, deca_world, tmp_path / "g", ranges="official")))
+
+
+def check_gradients_and_shape_wiring(stage: DirectionsStage) -> None:
+    frozen = {"deca": stage.net3d.encoder, "G": stage.generator}
+    before = {name: {k: v.clone() for k, v in network.state_dict().items()} for name, network in frozen.items()}
+    A_before = stage.A.linear.weight.detach().clone()
+    torch.manual_seed(1)
+    pairs = stage._pairs("synthetic")
+    total, terms = stage.losses(pairs, stage.A)
+    total.backward()
+    assert stage.A.linear.weight.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for network in frozen.values() for p in network.parameters())
+
+    # the shape term: the reenacted face's reading with its own identity against the truth with the source's
+    with torch.no_grad():
+        reenacted = stage._render(pairs.source_wplus, stage.A(pairs.delta))
+        params, shape = split_reading(stage.net3d.read(reenacted))
+        truth_params = stage._from_shift(pairs.truth)
+        expected = (stage.net3d.vertices(params, shape) - stage.net3d.vertices(truth_params, pairs.truth_shape)).abs()
+    assert pairs.truth_shape.shape == (2, 100)
+    torch.testing.assert_close(terms["shape"].detach(), expected.mean(), rtol=1e-4, atol=1e-4)
+
+    stage.A.zero_grad()
+    stage.train_step(0, None)
+    assert not torch.equal(stage.A.linear.weight, A_before)
+    for name, network in frozen.items():
+        assert differing_tensors({name: before[name]}, {name: network.state_dict()}, (name,)) == []
+
+
+def test_missing_deca_or_flame_weights_are_named(tmp_path):
+    config = DirectionsTrainingConfig(face3d="deca", weights_dir=str(tmp_path))
+    with pytest.raises(MissingWeightsError, match="deca_model.tar"):
+        build_net3d(config, torch.device("cpu"))
+    (tmp_path / "deca").mkdir()
+    (tmp_path / "deca" / "deca_model.tar").write_bytes(b"not read: FLAME is looked for first")
+    with pytest.raises(MissingWeightsError, match="generic_model.pkl"):
+        build_net3d(config, torch.device("cpu"))
+    with pytest.raises(ValueError, match="face3d_weights"):
+        DirectionsTrainingConfig(face3d="deca", face3d_weights="regressor.safetensors")
