@@ -11,8 +11,10 @@ from rich.console import Console
 from rich.table import Table
 
 import tasks  # noqa: F401  (Prefect environment defaults first)
-from storage.settings import PROJECT_ROOT
+from storage.settings import DEMO_PHOTO
 from tasks.encode import EncodeConfig
+from tasks.evaluate import EvaluateConfig
+from tasks.metrics import MetricsConfig
 from tasks.preprocess import PreprocessConfig
 from tasks.reenact import ReenactConfig
 from tasks.runners import RunnerConfig
@@ -23,11 +25,12 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(soft_wrap=True)  # messages stay on one line, whole paths included
-DEMO_VIDEOS = PROJECT_ROOT / "data" / "demo" / "voxceleb"
 _pre = PreprocessConfig.model_fields
 _run = RunnerConfig.model_fields
 _enc = EncodeConfig.model_fields
 _ree = ReenactConfig.model_fields
+_eva = EvaluateConfig.model_fields
+_met = MetricsConfig.model_fields
 WEIGHTS_DIR_HELP = "Weights directory (default: $REENACT_WEIGHTS_DIR, else weights/ in the project)."
 
 
@@ -230,15 +233,81 @@ def reenact_dataset_command(
         raise typer.Exit(code=1 if summary.failed == summary.pairs else 0)
 
 
+@app.command("evaluate")
+def evaluate_command(
+    store: Path = typer.Option(..., help=_eva["store"].description),
+    out: Path = typer.Option(Path("outputs/evaluation"), help="Folder for config.json, pairs/, frames.parquet, clips.parquet, distribution.parquet, linearity*.parquet, samples/ and summary.json (a rerun replaces them)."),
+    protocol: Optional[list[str]] = typer.Option(None, help="'self' (each clip's first frame performs its other frames, compared with them) or 'cross' (random pairs of two identities); repeat for both (default: both)."),
+    identity: Optional[list[str]] = typer.Option(None, help="An identity of the test split; repeat for several (default: every clip of the store)."),
+    max_clips: int = typer.Option(50, help="Self protocol: at most this many clips of the split, a seeded choice (0: all)."),
+    cross_count: int = typer.Option(50, help=_eva["cross_count"].description),
+    frames_per_clip: Optional[int] = typer.Option(None, help=_eva["frames_per_clip"].description),
+    seed: int = typer.Option(0, help=_eva["seed"].description),
+    truth: Optional[Path] = typer.Option(None, help=_eva["truth"].description),
+    fid: bool = typer.Option(True, help=_eva["fid"].description),
+    linearity: bool = typer.Option(True, help=_eva["linearity"].description),
+    linearity_sources: int = typer.Option(4, help=_eva["linearity_sources"].description),
+    samples: int = typer.Option(4, help=_eva["samples"].description),
+    weights: str = typer.Option("voxceleb256", help=_ree["weights"].description),
+    face3d: Optional[str] = typer.Option(None, help=_ree["face3d"].description),
+    truncation: Optional[float] = typer.Option(None, help=_ree["truncation"].description),
+    embedder: str = typer.Option("auto", help=_met["identity"].description),
+    weights_dir: Optional[Path] = typer.Option(None, help=WEIGHTS_DIR_HELP),
+    device: str = typer.Option("auto", help=_ree["device"].description),
+    precision: str = typer.Option("fp32", help=_ree["precision"].description),
+    batch_size: Optional[int] = typer.Option(None, help=_ree["batch_size"].description),
+    smoothing: float = typer.Option(1.0, help=_ree["smoothing"].description),
+    task_runner: str = typer.Option("local", help=_run["kind"].description),
+    workers: int = typer.Option(1, help=_run["workers"].description),
+    dask_address: Optional[str] = typer.Option(None, help=_run["dask_address"].description),
+) -> None:
+    """Evaluate a weights set on a test split of a store: the paper's self- and cross-reenactment protocols.
+
+    Per generated frame: CSIM (to the source, and to the driving frame), LPIPS (self: to the ground truth), APD and
+    AED (the Net3D's reading of the result vs the driving frame), and with --truth the pose and expression errors
+    against a synthetic world's true parameters; FID/KID per protocol; the linearity of A. Every figure names the
+    network that measured it; seeds are fixed and the pair lists are saved.
+    """
+    from flows.evaluate import evaluate
+    from tasks.evaluate import check_request, measuring_networks
+
+    with user_errors():
+        weights_path = str(weights_dir) if weights_dir else None
+        config = EvaluateConfig(
+            store=str(store), out=str(out), protocols=protocol or ["self", "cross"], identities=identity or None,
+            max_clips=max_clips or None, cross_count=cross_count, frames_per_clip=frames_per_clip, seed=seed,
+            truth=str(truth) if truth else None, fid=fid, linearity=linearity, linearity_sources=linearity_sources,
+            samples=samples,
+            reenact=ReenactConfig(weights=weights, face3d=face3d, truncation=truncation, weights_dir=weights_path,
+                                  device=device, precision=precision, batch_size=batch_size, smoothing=smoothing),
+            metrics=MetricsConfig(identity=embedder, weights_dir=weights_path, device=device))
+        check_request(config)  # bad inputs and setup problems as one line, before the flow starts
+        measuring_networks(config)
+        runner = RunnerConfig(kind=task_runner, workers=workers, dask_address=dask_address)
+        summary = evaluate(config=config, runner=runner)
+    for line in summary.lines():
+        console.print(line, highlight=False)
+    if summary.pairs and all(summary.failed[p] == summary.pairs[p] for p in summary.pairs):
+        raise typer.Exit(code=1)
+
+
 @app.command()
 def demo(
-    store: Path = typer.Option(Path("outputs/demo.zarr"), help="Where to write the demo clip store."),
+    out: Path = typer.Option(Path("outputs/demo"), help="Folder for the synthetic world, its store and the videos."),
+    weights: str = typer.Option("demo", help="Weights set to reenact with (the bundled 'demo' set by default)."),
+    photo: Path = typer.Option(DEMO_PHOTO, help="The real photo to reenact (a bundled one by default)."),
 ) -> None:
-    """The main job on the embedded defaults: preprocess the bundled demo videos (local Prefect, local Zarr)."""
-    from flows.preprocess_dataset import preprocess_dataset
+    """The main job on the embedded defaults: make synthetic demo data, preprocess it, and reenact a synthetic
+    source and a real photo with a synthetic driving clip (local Prefect, local Zarr, the bundled demo weights)."""
+    from flows.demo import demo as demo_flow
 
-    summary = preprocess_dataset(input=str(DEMO_VIDEOS), store=str(store), config=PreprocessConfig(fps=25))
-    _print_summary(summary)
+    with user_errors():
+        summary = demo_flow(out=str(out), weights=weights, photo=str(photo))
+    console.print(f"[bold]{len(summary.videos)} videos[/], {summary.frames} frames in {summary.seconds:.1f} s")
+    console.print(f"world:  {Path(summary.world).resolve()} (true parameters: {Path(summary.truth).name})")
+    console.print(f"store:  {Path(summary.store).resolve()}")
+    for label, video in summary.videos.items():
+        console.print(f"video:  {Path(video).resolve()}  ({label}; source | driving | result)")
 
 
 @app.command("make-synthetic-dataset")
@@ -334,6 +403,24 @@ _training_command(
     "generator=outputs/train-generator/generator.safetensors synthetic_steps=2000 real_steps=0 paired_steps=1000",
     "Train the direction matrix A (G and the Net3D frozen) in the paper's synthetic, real and paired phases.")
 
+
+
+@app.command("train-demo-weights")
+def train_demo_weights_command(
+    work: Path = typer.Option(Path("outputs/demo-weights"), help="Folder for the worlds, stores, runs and weights."),
+    install: bool = typer.Option(False, help="Copy the trained set and its provenance into models/data/demo."),
+) -> None:
+    """Reproduce the bundled demo set: synthetic world, preprocess, train G, the encoder and A with the configs in
+    training/configs/demo-*.yaml, then measure them on held-out synthetic people (resumes what it finished)."""
+    from flows.train_demo_weights import train_demo_weights
+
+    with user_errors():
+        summary = train_demo_weights(work=str(work), install=install)
+    console.print(f"weights:    {Path(summary.weights_dir).resolve()}")
+    console.print(f"provenance: {Path(summary.provenance).resolve()}")
+    if summary.installed:
+        console.print(f"installed:  {summary.installed}")
+    console.print("held out:   " + ", ".join(f"{key} {_fmt(value)}" for key, value in summary.heldout.items()))
 
 weights_app = typer.Typer(help="The weights directory: what is present, what is missing, conversions.",
                           no_args_is_help=True)

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEMO_PHOTO = PROJECT_ROOT / "data" / "demo" / "photos" / "obama.jpg"  # the demo's bundled real photo
 
 
 def state_dir() -> Path:

@@ -4,7 +4,7 @@
     csim(networks.identity, results, sources)                           # PairScores, one row per pair
     lpips(networks.lpips, results, targets)
     features = inception_features(networks.inception, results)          # [N, 2048], for FID and KID
-    distribution_scores(features, target_features, networks.inception.name)
+    distribution_scores(features, target_features, networks.inception.name)   # fid_method="auto": small sets fast
     pose_distance(result_params, driving_params, backend="deca")       # APD, degrees
     expression_distance(result_params, driving_params, ranges, backend="deca")   # AED
     fits = fit_linearity(sweep_directions(G, A, face3d, wplus, ranges))  # per direction: slope, R², cross-talk

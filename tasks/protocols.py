@@ -3,6 +3,8 @@
     pairs = read_pairs("pairs.csv")                  # driving, source, source_frame, mode, name columns
     pairs = self_pairs(store)                         # each clip drives its own first frame
     pairs = cross_pairs(store, count=100, seed=0)     # a source and a driving clip of two different people
+    split = split_clips(store, ["id10270", "id10271"])  # a test split: those people's clips ...
+    pairs = cross_pairs(store, count=100, seed=0, clips=split)   # ... and pairs drawn from it alone
 
 A pair list is data: the flows that use one save it beside their results, so a table can always be traced back to
 the exact pairs (and seed) it was computed on.
@@ -11,6 +13,7 @@ the exact pairs (and seed) it was computed on.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -56,20 +59,37 @@ def read_pairs(path: str | os.PathLike) -> list[ReenactPair]:
     return pairs
 
 
-def self_pairs(store: ClipStore) -> list[ReenactPair]:
-    """The paper's self-reenactment protocol: every clip's first frame is the source, the clip drives it."""
-    return [ReenactPair(name=f"self_{_key_name(key)}", driving=f"{CLIP_PREFIX}{key}", mode="self")
-            for key in store.clips()]
-
-
-def cross_pairs(store: ClipStore, count: int, seed: int = 0) -> list[ReenactPair]:
-    """The cross-reenactment protocol: `count` random (source, driving) pairs of clips of two different identities,
-    the source's first frame reenacting the driving clip; the same seed and store give the same pairs."""
+def split_clips(store: ClipStore, identities: Sequence[str] | None = None) -> list[ClipKey]:
+    """The store's clips of `identities` (a test split), sorted; None: every clip. An identity without a clip in
+    the store is an error that names it."""
     keys = store.clips()
+    if identities is None:
+        return keys
+    held = {key.identity for key in keys}
+    missing = sorted(set(identities) - held)
+    if missing:
+        raise ValueError(f"identities not in the store {store.root}: {', '.join(missing)} (it holds "
+                         f"{len(held)}: {', '.join(sorted(held)[:5])}{', ...' if len(held) > 5 else ''})")
+    return [key for key in keys if key.identity in set(identities)]
+
+
+def self_pairs(store: ClipStore, clips: Sequence[ClipKey] | None = None) -> list[ReenactPair]:
+    """The paper's self-reenactment protocol: every clip's first frame is the source, the clip drives it.
+    `clips`: only these (default: every clip of the store)."""
+    return [ReenactPair(name=f"self_{_key_name(key)}", driving=f"{CLIP_PREFIX}{key}", mode="self")
+            for key in (store.clips() if clips is None else clips)]
+
+
+def cross_pairs(store: ClipStore, count: int, seed: int = 0,
+                clips: Sequence[ClipKey] | None = None) -> list[ReenactPair]:
+    """The cross-reenactment protocol: `count` random (source, driving) pairs of clips of two different identities,
+    the source's first frame reenacting the driving clip; the same seed and clips give the same pairs. `clips`:
+    draw from these only (default: every clip of the store)."""
+    keys = store.clips() if clips is None else list(clips)
     identities = sorted({key.identity for key in keys})
     if len(identities) < 2:
         raise ValueError(f"cross-reenactment needs clips of at least two identities; {store.root} has "
-                         f"{len(identities)}")
+                         f"{len(identities)}{'' if clips is None else ' among the clips asked for'}")
     rng = np.random.default_rng(seed)
     chosen: dict[tuple[ClipKey, ClipKey], None] = {}
     possible = sum(1 for a in keys for b in keys if a.identity != b.identity)

@@ -1,0 +1,162 @@
+"""`train-demo-weights`: the recipe of the bundled `demo` set, end to end, with the project's own flows.
+
+    make-synthetic-dataset (training world, seed 1)  ->  preprocess-dataset  ->  train-generator
+        ->  train-encoder  ->  encode-dataset (synth-regressor + the new encoder)  ->  train-directions
+        ->  held-out world (seed 2): `evaluate` cross-reenactment against the TRUE parameters  ->  provenance.json
+
+Each stage's settings are `training/configs/demo-<stage>.yaml`, with the store, run folders and weights of `work`.
+Every stage resumes or skips what it finished, so a stopped recipe continues where it was. With `install`, the
+three fp16 safetensors and the provenance file are copied into `models/data/demo/`, where the weights registry
+finds the `demo` set when the weights directory has none of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from prefect import flow, get_run_logger, task
+from pydantic import BaseModel
+
+import tasks  # noqa: F401  (Prefect environment defaults first)
+from flows.encode_dataset import encode_dataset
+from flows.make_synthetic_dataset import make_synthetic_dataset
+from flows.preprocess_dataset import preprocess_dataset
+from flows.train_directions import train_directions
+from flows.train_encoder import train_encoder
+from flows.train_generator import train_generator
+from storage.files import atomic_path, sha256_file
+from storage.settings import PROJECT_ROOT
+from storage.weights import BUNDLED_DIR, WEIGHT_FILES
+from flows.evaluate import evaluate
+from tasks.encode import EncodeConfig
+from tasks.evaluate import SUMMARY_FILE, EvaluateConfig
+from tasks.metrics import MetricsConfig
+from tasks.preprocess import PreprocessConfig
+from tasks.reenact import ReenactConfig
+from tasks.synthesize import SynthConfig
+from training.common.config import load_config
+from training.common.loop import TrainingSummary
+from training.directions import DirectionsTrainingConfig
+from training.encoder import EncoderTrainingConfig
+from training.generator import GeneratorTrainingConfig
+
+CONFIGS = PROJECT_ROOT / "training" / "configs"
+TRAINING_WORLD = SynthConfig(identities=32, videos_per_identity=2, clips_per_video=2, min_seconds=2, max_seconds=3,
+                             seed=1)
+HELDOUT_WORLD = SynthConfig(identities=6, videos_per_identity=1, clips_per_video=1, min_seconds=2, max_seconds=2,
+                            seed=2)
+PROVENANCE = "provenance.json"
+HELDOUT_FIGURES = {  # provenance name -> evaluate's frame metric (cross protocol, against the true parameters)
+    "apd_reenacted": "truth_apd", "apd_static": "static_truth_apd", "apd_driving": "driving_truth_apd",
+    "aed_reenacted": "truth_aed", "aed_static": "static_truth_aed", "aed_driving": "driving_truth_aed",
+    "csim": "csim",
+}
+
+
+class DemoWeightsSummary(BaseModel):
+    weights_dir: str  # <work>/weights, holding demo/{generator,encoder,directions}.safetensors
+    provenance: str
+    installed: str | None  # models/data/demo when installed
+    heldout: dict[str, float]
+
+
+@flow(name="train-demo-weights", log_prints=True)
+def train_demo_weights(work: str = "outputs/demo-weights", install: bool = False) -> DemoWeightsSummary:
+    """Train the demo G, encoder and A on a synthetic world, measure them on held-out people, write provenance."""
+    root = Path(work)
+    weights = root / "weights"
+    world = make_synthetic_dataset(out=str(root / "world"), config=TRAINING_WORLD)
+    store = str(root / "world.zarr")
+    preprocess_dataset(input=world.out, store=store, config=PreprocessConfig(fps=25))
+
+    generator = train_generator(config=_stage_config(GeneratorTrainingConfig, "generator", store, root))
+    _install_file(generator.export, weights, "demo-generator")
+    encoder = train_encoder(config=_stage_config(EncoderTrainingConfig, "encoder", store, root,
+                                                 generator=generator.export))
+    _install_file(encoder.export, weights, "demo-encoder")
+    encode_dataset(store=store, config=EncodeConfig(face3d="synth-regressor", encoder="demo-encoder",
+                                                    weights_dir=str(weights)))
+    directions = train_directions(config=_stage_config(DirectionsTrainingConfig, "directions", store, root,
+                                                       generator=generator.export, weights_dir=str(weights)))
+    _install_file(directions.export, weights, "demo-directions")
+
+    heldout_world = make_synthetic_dataset(out=str(root / "heldout"), config=HELDOUT_WORLD)
+    heldout_store = str(root / "heldout.zarr")
+    preprocess_dataset(input=heldout_world.out, store=heldout_store, config=PreprocessConfig(fps=25))
+    evaluation = evaluate(config=EvaluateConfig(
+        store=heldout_store, out=str(root / "heldout-evaluation"), protocols=["cross"], cross_count=12,
+        truth=heldout_world.truth, fid=False, reenact=ReenactConfig(weights="demo", weights_dir=str(weights)),
+        metrics=MetricsConfig(identity="dlib")))
+    heldout = heldout_figures(Path(evaluation.out) / SUMMARY_FILE)
+
+    provenance = write_provenance(weights / "demo" / PROVENANCE, {
+        "generator": generator, "encoder": encoder, "directions": directions}, heldout, weights)
+    installed = _install_bundle(weights / "demo") if install else None
+    summary = DemoWeightsSummary(weights_dir=str(weights), provenance=str(provenance), installed=installed,
+                                 heldout={k: v for k, v in heldout.items() if isinstance(v, float)})
+    get_run_logger().info("done: %s", summary.model_dump_json())
+    return summary
+
+
+def _stage_config(cls, stage: str, store: str, root: Path, **settings):
+    """training/configs/demo-<stage>.yaml with this recipe's store and run folder (and `settings`) over it."""
+    overrides = [f"store={store}", f"out={root / f'train-{stage}'}", *(f"{k}={v}" for k, v in settings.items())]
+    return load_config(cls, CONFIGS / f"demo-{stage}.yaml", overrides)
+
+
+@task(name="install-weights")
+def _install_file(export: str, weights: Path, name: str) -> Path:
+    """Copy a run's export to where the registry looks for `name` in `weights` (whole or not at all)."""
+    target = weights / WEIGHT_FILES[name].filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as partial:
+        shutil.copyfile(export, partial)
+    return target
+
+
+def heldout_figures(summary_path: Path) -> dict[str, Any]:
+    """The held-out errors of an evaluation's summary.json: means over frames, the networks that measured them."""
+    cross = json.loads(summary_path.read_text())["protocols"]["cross"]
+    figures: dict[str, Any] = {name: cross["metrics"][metric]["mean"] for name, metric in HELDOUT_FIGURES.items()}
+    figures.update(pairs=cross["pairs"], frames=cross["frames"], net3d=cross["metrics"]["truth_apd"]["network"],
+                   identity=cross["metrics"]["csim"]["network"], evaluation=str(summary_path.parent))
+    return figures
+
+
+def write_provenance(path: Path, runs: dict[str, TrainingSummary], heldout: dict[str, Any], weights: Path) -> Path:
+    """What made the demo set: each stage's config, steps, speed and losses, the worlds' seeds, the held-out errors,
+    the files' sha256 and the machine."""
+    record: dict[str, Any] = {
+        "recipe": "flows/train_demo_weights.py (reenact train-demo-weights)",
+        "training_world": TRAINING_WORLD.model_dump(), "heldout_world": HELDOUT_WORLD.model_dump(),
+        "stages": {stage: {
+            "config": json.loads((Path(run.out) / "config.json").read_text()),
+            "steps": run.steps, "seconds_this_run": round(run.seconds, 1),
+            "steps_per_second": round(run.steps_per_second, 3),
+            "final_losses": run.final_losses,
+        } for stage, run in runs.items()},
+        "heldout": heldout,
+        "files": {name: {"file": WEIGHT_FILES[name].filename, "bytes": (weights / WEIGHT_FILES[name].filename).stat().st_size,
+                         "sha256": sha256_file(weights / WEIGHT_FILES[name].filename)}
+                  for name in ("demo-generator", "demo-encoder", "demo-directions")},
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+                    "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},
+    }
+    with atomic_path(path) as partial:
+        partial.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def _install_bundle(source: Path) -> str:
+    """The set and its provenance into models/data/demo (each file replaced whole)."""
+    target = BUNDLED_DIR / "demo"
+    target.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.iterdir()):
+        with atomic_path(target / path.name) as partial:
+            shutil.copyfile(path, partial)
+    return str(target)

@@ -1,0 +1,599 @@
+"""Evaluation of a weights set on a test split of a clip store: the paper's self- and cross-reenactment protocols.
+
+    config = EvaluateConfig(store="vox1.zarr", out="outputs/evaluation", reenact=ReenactConfig(weights="demo"))
+    plan = plan_evaluation(config)                          # the split and the pairs; config.json and pairs/ written
+    evaluation = evaluate_pair(pair, "self", config)        # one row per generated frame, Inception features
+    clips = clip_means(frames); summary = metric_summary(frames, plan.networks)
+
+Per pair the source (self: the driving clip's first frame) performs chosen frames of the driving clip through the
+reenactment code itself (`tasks.reenact`: `prepare_inputs`, `ReenactNetworks.generate`), in memory, and each
+generated frame is measured against its driving frame, which in self-reenactment is the ground truth:
+
+    csim            identity embedding of the result vs the source crop
+    csim_driving    ... vs the driving frame (self: the ground truth; cross: how much of the driver's identity leaks)
+    lpips           result vs the driving frame (self only: cross has no ground truth)
+    apd*, aed*      the Net3D's reading of the result vs its reading of the driving frame
+    static_apd*, static_aed*    the baseline of doing nothing: the source rendered with Δp = 0, read, vs the same
+    truth_apd*, truth_aed*                with the synthetic world's truth: the result's reading vs the true parameters
+    static_truth_apd*, static_truth_aed*  ... the Δp = 0 render's reading vs the true parameters
+    driving_truth_apd*, driving_truth_aed*  the Net3D's reading of the real driving frame vs the truth (its own error)
+
+A result whose face the Net3D cannot read has NaN APD / AED (`result_found` False), counted as `n_missing` in the
+summary, never dropped. FID and KID compare the Inception features of a protocol's results with its driving frames.
+Every figure names the network that measured it. The output folder (`out`):
+
+    config.json              the resolved config, seeds, weights set and sha256s, the networks, the AED ranges table
+    pairs/<protocol>.parquet the exact pairs (`tasks.protocols.write_pairs`)
+    frames.parquet           one row per generated frame (FRAME_ID_COLUMNS, found flags, the metrics above)
+    clips.parquet            one row per pair: status, error, frames, the mean of every metric and flag
+    distribution.parquet     per protocol: DISTRIBUTION_COLUMNS
+    linearity.parquet        per direction: `fit_linearity`'s table; linearity_sweep.parquet: the raw sweep
+    samples/<protocol>/<pair>.png   source | driving | result, one row per frame, for the first pairs
+    summary.json             per protocol and metric: mean, std, n, n_missing, network; FID/KID; the environment
+
+Every file is written whole or not at all; a rerun into the same folder first removes the previous run's files of
+this list (and nothing else), and writes summary.json last, so its presence marks a complete run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, Field, field_validator
+
+from models import MissingWeightsError
+from models.directions import PARAM_NAMES, ParamRanges
+from storage.files import atomic_path
+from storage.settings import PROJECT_ROOT
+from storage.store import ClipKey, ClipStore
+from storage.weights import UnknownWeightsError, reenaction_set
+from tasks.encode import ranges_path
+from tasks.metrics import (DEFAULT_MAGNITUDES, MetricsConfig, csim, distribution_scores, expression_distance,
+                           fit_linearity, inception_features, lpips, metric_networks, pose_distance, sweep_directions)
+from tasks.preprocess import code_version
+from tasks.protocols import ReenactPair, cross_pairs, self_pairs, split_clips, write_pairs
+from tasks.reenact import CLIP_PREFIX, ReenactConfig, ReenactInputError, SourceFace, networks_for, prepare_inputs
+
+Protocol = Literal["self", "cross"]
+PROTOCOLS: tuple[Protocol, ...] = ("self", "cross")
+FRAME_ID_COLUMNS = ["protocol", "pair", "source", "source_frame", "driving", "frame"]
+FOUND_COLUMNS = ["result_found", "static_found", "driving_found"]  # the Net3D read that face
+PAIR_COLUMNS = ["protocol", "pair", "source", "driving"]
+DISTRIBUTION_COLUMNS = ["protocol", "fid", "kid_mean", "kid_std", "kid_subsets", "kid_subset_size", "n_real",
+                        "n_fake", "network", "fid_method"]
+NETWORK_OF_FAMILY = {"csim": "identity", "lpips": "lpips", "apd": "net3d", "aed": "net3d"}
+NOT_IN_CROSS = ("lpips",)  # cross-reenactment has no ground-truth frame to compare with
+
+CONFIG_FILE, FRAMES_FILE, CLIPS_FILE = "config.json", "frames.parquet", "clips.parquet"
+DISTRIBUTION_FILE, LINEARITY_FILE, SWEEP_FILE = "distribution.parquet", "linearity.parquet", "linearity_sweep.parquet"
+SUMMARY_FILE, PAIRS_DIR, SAMPLES_DIR = "summary.json", "pairs", "samples"
+TRUTH_KEYS = ["identity", "video", "clip", "frame"]
+
+
+class EvaluateConfig(BaseModel):
+    """Everything that decides an evaluation (the device and batch sizes inside `reenact` and `metrics` only decide
+    how fast)."""
+
+    store: str = Field(..., description="The clip store to evaluate on (preprocess-dataset's; encode-dataset's stages are used when current).")
+    out: str = Field("outputs/evaluation", description="Folder for the results (a rerun replaces them).")
+    protocols: list[Protocol] = Field(list(PROTOCOLS), description="'self' (each clip's first frame performs the clip's other frames; compared with them) and/or 'cross' (random pairs of two identities).")
+    identities: list[str] | None = Field(None, description="The test split: these identities' clips (default: every clip of the store).")
+    max_clips: int | None = Field(50, ge=1, description="Self protocol: at most this many clips of the split, a seeded choice (None: all).")
+    cross_count: int = Field(50, ge=1, description="Cross protocol: random (source, driving) pairs of two identities, drawn with the seed.")
+    frames_per_clip: int | None = Field(None, ge=1, description="Evaluate at most this many driving frames per pair, evenly spaced (None: every frame).")
+    seed: int = Field(0, description="Seed of the pair draws (self subset, cross pairs) and of the linearity sources.")
+    truth: str | None = Field(None, description="The synthetic world's truth.parquet (make-synthetic-dataset): also measure pose and expression errors against the true parameters.")
+    fid: bool = Field(True, description="FID and KID per protocol (Inception-v3 features of every result and driving frame: the slowest metric on a CPU).")
+    linearity: bool = Field(True, description="Sweep each direction of A on a few source W+ of the split and fit the response (slope, R², cross-talk).")
+    linearity_sources: int = Field(4, ge=1, description="Linearity: clips whose first frame's W+ is swept.")
+    linearity_directions: list[str] = Field(list(PARAM_NAMES), min_length=1, description="Linearity: the directions to sweep.")
+    linearity_magnitudes: list[float] = Field(list(DEFAULT_MAGNITUDES), min_length=1, description="Linearity: the requested shifts, in A's units.")
+    samples: int = Field(4, ge=0, description="Sample grids (source | driving | result) for this many pairs per protocol.")
+    sample_frames: int = Field(4, ge=1, description="Frames (rows) per sample grid.")
+    reenact: ReenactConfig = Field(default_factory=ReenactConfig, description="The networks that reenact: weights set, Net3D, device, precision, batch size.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="The networks that measure: identity embedder, LPIPS, Inception; KID sampling.")
+
+    @field_validator("protocols")
+    @classmethod
+    def _distinct(cls, protocols: list[str]) -> list[str]:
+        if not protocols:
+            raise ValueError("give at least one protocol: self, cross")
+        return list(dict.fromkeys(protocols))
+
+    @field_validator("linearity_directions")
+    @classmethod
+    def _known_directions(cls, directions: list[str]) -> list[str]:
+        unknown = sorted(set(directions) - set(PARAM_NAMES))
+        if unknown:
+            raise ValueError(f"unknown directions {unknown}; choose from {', '.join(PARAM_NAMES)}")
+        return directions
+
+
+# --- the plan ----------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """What one evaluation runs on and with: the split's clips, the pairs per protocol, the networks' names."""
+
+    clips: list[ClipKey]
+    pairs: dict[str, list[ReenactPair]]
+    networks: dict[str, str | None]  # identity, lpips, inception, net3d, generator, encoder, directions
+    weights_sha256: dict[str, str]
+    aed_ranges: str  # where AED's min-max table comes from
+
+
+def plan_evaluation(config: EvaluateConfig) -> EvaluationPlan:
+    """Check the store, the split and the truth, load every network (a setup problem stops the run before any
+    pair), draw the pairs, clear a previous run's results and write config.json and pairs/."""
+    store, clips = check_request(config)
+    draws = {"self": lambda: seeded_subset(self_pairs(store, clips), config.max_clips, config.seed),
+             "cross": lambda: cross_pairs(store, config.cross_count, config.seed, clips)}
+    pairs = {protocol: draws[protocol]() for protocol in config.protocols}
+    plan = EvaluationPlan(clips, pairs, measuring_networks(config), networks_for(config.reenact).weights_sha256,
+                          aed_ranges(config)[1])
+    out = Path(config.out)
+    clear_previous(out)
+    write_json(out / CONFIG_FILE, run_record(config, plan))
+    for protocol, chosen in pairs.items():
+        write_pairs(chosen, out / PAIRS_DIR / f"{protocol}.parquet")
+    return plan
+
+
+def run_record(config: EvaluateConfig, plan: EvaluationPlan) -> dict:
+    """config.json: the config as given, what its defaults resolved to, the weights, networks, seeds and split."""
+    networks = networks_for(config.reenact)
+    return {"config": config.model_dump(),
+            "resolved": {"face3d": networks.encode_config.face3d, "truncation": networks.reenactor.truncation,
+                         "shift_scale": networks.reenactor.shift_scale, "device": str(networks.device),
+                         "metrics_device": str(metric_networks(config.metrics).device)},
+            "weights": {"set": config.reenact.weights, "sha256": plan.weights_sha256}, "networks": plan.networks,
+            "aed_ranges": plan.aed_ranges, "seeds": {"pairs": config.seed, "kid": config.metrics.seed},
+            "split": {"identities": sorted({key.identity for key in plan.clips}),
+                      "clips": [str(key) for key in plan.clips]}}
+
+
+def check_request(config: EvaluateConfig) -> tuple[ClipStore, list[ClipKey]]:
+    """The store and the split's clips, the truth table checked against them; an error names what is wrong."""
+    store = ClipStore.open(config.store, create=False)
+    clips = split_clips(store, config.identities)
+    if not clips:
+        raise ValueError(f"the store {store.root} holds no clips")
+    if config.truth is not None:
+        _check_truth(config.truth, store, clips)
+    return store, clips
+
+
+def seeded_subset(items: list, count: int | None, seed: int) -> list:
+    """At most `count` of `items`: a seeded choice, kept in their order (all of them when there are no more)."""
+    if count is None or len(items) <= count:
+        return list(items)
+    chosen = np.sort(np.random.default_rng(seed).choice(len(items), count, replace=False))
+    return [items[index] for index in chosen]
+
+
+def measuring_networks(config: EvaluateConfig) -> dict[str, str | None]:
+    """The name of every network behind a figure (loading each: missing weights fail here, with the file to get)."""
+    networks = networks_for(config.reenact)
+    metrics = metric_networks(config.metrics)
+    weights = reenaction_set(config.reenact.weights)
+    return {"identity": metrics.identity.name, "lpips": metrics.lpips.name if "self" in config.protocols else None,
+            "inception": metrics.inception.name, "net3d": networks.encode_config.face3d,
+            "generator": weights.generator, "encoder": weights.encoder, "directions": weights.directions}
+
+
+def aed_ranges(config: EvaluateConfig) -> tuple[ParamRanges, str]:
+    """AED's min-max table: the store's own for the Net3D (`ranges-<backend>.npy`, encode-dataset's), else the
+    table of A's units that the weights set carries."""
+    networks = networks_for(config.reenact)
+    path = ranges_path(ClipStore.open(config.store, create=False), networks.encode_config.face3d)
+    if path.is_file():
+        return ParamRanges.load(path), str(path)
+    return networks.reenactor.ranges, f"the {config.reenact.weights} directions' table"
+
+
+# --- the truth of a synthetic world -----------------------------------------------------------------------------------
+
+def read_truth(path: str | Path, key: ClipKey | None = None) -> dict[str, np.ndarray]:
+    """True parameters float64 [T, 15] (`PARAM_NAMES` order) per clip name `identity/video/clip`, from
+    make-synthetic-dataset's truth.parquet (only `key`'s rows when given)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"truth table not found: {path}")
+    columns = [*TRUTH_KEYS, *PARAM_NAMES]
+    filters = None if key is None else [("identity", "==", key.identity), ("video", "==", key.video),
+                                        ("clip", "==", key.clip)]
+    try:
+        table = pd.read_parquet(path, columns=columns, filters=filters)
+    except (KeyError, ValueError) as err:  # pyarrow names the missing column
+        raise ValueError(f"{path} is not a truth table with columns {', '.join(columns)}: {err}") from err
+    table = table.sort_values(TRUTH_KEYS)
+    return {"/".join(clip): rows[list(PARAM_NAMES)].to_numpy(np.float64)
+            for clip, rows in table.groupby(["identity", "video", "clip"], sort=False)}
+
+
+def _check_truth(path: str, store: ClipStore, clips: list[ClipKey]) -> None:
+    """Every clip of the split has one truth row per stored frame (a store made at another frame rate has not)."""
+    truth = read_truth(path)
+    absent = [str(key) for key in clips if str(key) not in truth]
+    if absent:
+        raise ValueError(f"the truth table {path} has no rows for {len(absent)} clips of the split, e.g. "
+                         f"{', '.join(absent[:3])}: is it the truth of this store's world?")
+    for key in clips:
+        if len(truth[str(key)]) != len(store.clip(key)):
+            raise ValueError(f"{key}: the truth table has {len(truth[str(key)])} frames, the store "
+                             f"{len(store.clip(key))} (preprocessed at another frame rate than the world's?)")
+
+
+# --- one pair ----------------------------------------------------------------------------------------------------------
+
+@dataclass
+class PairEvaluation:
+    """One pair's frames table and Inception features (results, and the driving frames they are compared with)."""
+
+    protocol: str
+    pair: ReenactPair
+    frames: pd.DataFrame | None = None
+    result_features: np.ndarray | None = None
+    real_features: np.ndarray | None = None
+    error: str | None = None
+
+    @property
+    def status(self) -> str:
+        return "failed" if self.error else "ok"
+
+    def row(self) -> dict:
+        return {"protocol": self.protocol, "pair": self.pair.name, "source": source_name(self.pair),
+                "driving": self.pair.driving, "status": self.status, "error": self.error}
+
+
+def source_name(pair: ReenactPair) -> str:
+    return pair.source or pair.driving  # self-reenactment: the driving clip's own first frame
+
+
+def evaluated_frames(length: int, protocol: str, cap: int | None) -> np.ndarray:
+    """The driving frames a pair is evaluated on: every frame (self: but the first, which is the source), or `cap`
+    of them evenly spaced."""
+    frames = np.arange(1 if protocol == "self" else 0, length)
+    if cap is not None and len(frames) > cap:
+        frames = frames[np.linspace(0, len(frames) - 1, cap).round().astype(int)]
+    return frames
+
+
+def evaluate_pair(pair: ReenactPair, protocol: str, config: EvaluateConfig, sample: bool = False) -> PairEvaluation:
+    """Reenact the chosen driving frames of one pair in memory and measure every frame. An input that cannot be
+    reenacted (e.g. no readable face in the source) gives a failed evaluation; setup problems raise."""
+    store = ClipStore.open(config.store, create=False)
+    try:
+        source, driving = prepare_inputs(pair.driving, pair.source, pair.source_frame, pair.mode, config.reenact,
+                                         store)
+    except (MissingWeightsError, UnknownWeightsError):
+        raise
+    except (ReenactInputError, FileNotFoundError, KeyError) as err:
+        return PairEvaluation(protocol, pair, error=str(err))
+    frames = evaluated_frames(len(driving), protocol, config.frames_per_clip)
+    if not len(frames):
+        return PairEvaluation(protocol, pair, error=f"{pair.driving} has a single frame, the source: none to evaluate")
+    key = driving.clip.key
+    real = driving.clip.crops.oindex[frames]
+    results = generate(source, driving.params[frames], config.reenact)
+    static = generate(source, source.params[None], config.reenact)  # Δp = 0: the baseline of doing nothing
+    truth = read_truth(config.truth, key)[str(key)][frames] if config.truth is not None else None
+    scores = frame_scores(results, static, real, driving.clip.landmarks.oindex[frames], source.crop, protocol, config,
+                          truth)
+    ids = pd.DataFrame({"protocol": protocol, "pair": pair.name, "source": source_name(pair),
+                        "source_frame": pair.source_frame, "driving": pair.driving, "frame": frames})
+    if sample:
+        write_png(Path(config.out) / SAMPLES_DIR / protocol / f"{pair.name}.png",
+                  sample_grid(source.crop, real[:config.sample_frames], results[:config.sample_frames]))
+    evaluation = PairEvaluation(protocol, pair, pd.concat([ids, scores], axis=1))
+    if config.fid:
+        inception, batch = metric_networks(config.metrics).inception, config.metrics.batch_size
+        evaluation.result_features = inception_features(inception, results, batch)
+        evaluation.real_features = inception_features(inception, real, batch)
+    return evaluation
+
+
+def generate(source: SourceFace, driving_params: np.ndarray, config: ReenactConfig) -> np.ndarray:
+    """uint8 [N, S, S, 3]: the source with each row of driving parameters, in the reenactment's batches."""
+    size = generation_batch(config)
+    return np.concatenate([networks_for(config).generate(source, driving_params[start:start + size])
+                           for start in range(0, len(driving_params), size)])
+
+
+def generation_batch(config: ReenactConfig) -> int:
+    """Images G draws at once, as `render_video` batches them (1 on a CPU, where that runs fastest)."""
+    return config.batch_size or (32 if networks_for(config).device.type == "cuda" else 1)
+
+
+def frame_scores(results: np.ndarray, static: np.ndarray, real: np.ndarray, real_landmarks: np.ndarray,
+                 source_crop: np.ndarray, protocol: str, config: EvaluateConfig,
+                 truth: np.ndarray | None = None) -> pd.DataFrame:
+    """One row per generated frame: found flags and every metric of the module docstring (`static` [1, S, S, 3]:
+    the source rendered with Δp = 0; `truth` [N, 15]: the driving frames' true parameters, when known)."""
+    networks, metrics = networks_for(config.reenact), metric_networks(config.metrics)
+    batch, count = config.metrics.batch_size, len(results)
+    result_params, result_found = networks.estimate(results, None)  # the result's face is found, not given
+    static_params, static_found = (np.repeat(part, count, axis=0) for part in networks.estimate(static, None))
+    driving_params, driving_found = networks.estimate(real, real_landmarks)
+    ranges, _ = aed_ranges(config)
+    tables = [
+        pd.DataFrame({"result_found": result_found, "static_found": static_found, "driving_found": driving_found}),
+        csim(metrics.identity, results, np.repeat(source_crop[None], count, axis=0), batch).table,
+        csim(metrics.identity, results, real, batch).table.add_suffix("_driving"),
+        lpips(metrics.lpips, results, real, batch).table if protocol == "self"
+        else pd.DataFrame({"lpips": np.full(count, np.nan)}),
+        *face_errors(result_params, driving_params, result_found & driving_found, ranges, config),
+        *face_errors(static_params, driving_params, static_found & driving_found, ranges, config, "static_"),
+    ]
+    if truth is not None:
+        tables += face_errors(result_params, truth, result_found, ranges, config, "truth_")
+        tables += face_errors(static_params, truth, static_found, ranges, config, "static_truth_")
+        tables += face_errors(driving_params, truth, driving_found, ranges, config, "driving_truth_")
+    return pd.concat(tables, axis=1)
+
+
+def face_errors(params: np.ndarray, references: np.ndarray, found: np.ndarray, ranges: ParamRanges,
+                config: EvaluateConfig, prefix: str = "") -> list[pd.DataFrame]:
+    """APD and AED of face parameters against references (NaN where `found` is False), columns prefixed."""
+    backend = networks_for(config.reenact).encode_config.face3d
+    return [pose_distance(params, references, backend, found).table.add_prefix(prefix),
+            expression_distance(params, references, ranges, backend, found).table.add_prefix(prefix)]
+
+
+def sample_grid(source: np.ndarray, driving: np.ndarray, results: np.ndarray) -> np.ndarray:
+    """uint8 [K*H, 3*W, 3]: one row per frame, source | driving | result."""
+    return np.concatenate([np.concatenate([source, frame, result], axis=1)
+                           for frame, result in zip(driving, results)], axis=0)
+
+
+# --- the whole protocol ------------------------------------------------------------------------------------------------
+
+def distribution_row(protocol: str, evaluations: list[PairEvaluation], config: EvaluateConfig) -> dict:
+    """FID and KID of a protocol's results against its driving frames (NaN with fewer than 2 of either)."""
+    done = [evaluation for evaluation in evaluations if evaluation.status == "ok" and config.fid]
+    fakes = np.concatenate([e.result_features for e in done]) if done else np.empty((0, 0))
+    reals = np.concatenate([e.real_features for e in done]) if done else np.empty((0, 0))
+    network = metric_networks(config.metrics).inception.name if config.fid else None
+    row = dict.fromkeys(DISTRIBUTION_COLUMNS, math.nan)
+    row.update(protocol=protocol, n_fake=len(fakes), n_real=len(reals), network=network, fid_method=None)
+    if min(len(fakes), len(reals)) >= 2:
+        metrics = config.metrics
+        scores = distribution_scores(fakes, reals, network, metrics.kid_subsets, metrics.kid_subset_size,
+                                     metrics.seed, fid_method="auto")
+        row.update(fid=scores.fid, kid_mean=scores.kid, kid_std=scores.kid_std, kid_subsets=scores.kid_subsets,
+                   kid_subset_size=scores.kid_subset_size, fid_method=scores.fid_method)
+    return row
+
+
+def frames_table(evaluations: list[PairEvaluation]) -> pd.DataFrame:
+    tables = [evaluation.frames for evaluation in evaluations if evaluation.status == "ok"]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=FRAME_ID_COLUMNS)
+
+
+def metric_columns(frames: pd.DataFrame, protocol: str | None = None) -> list[str]:
+    """The metric columns of a frames table (those a protocol measures, when given)."""
+    skipped = set(FRAME_ID_COLUMNS) | set(FOUND_COLUMNS) | (set(NOT_IN_CROSS) if protocol == "cross" else set())
+    return [column for column in frames.columns if column not in skipped]
+
+
+def clip_means(frames: pd.DataFrame) -> pd.DataFrame:
+    """One row per pair of a frames table: the frames evaluated, the mean of every metric over the frames that
+    measured it, and the share of frames whose faces the Net3D found."""
+    grouped = frames.groupby(PAIR_COLUMNS, sort=False)
+    means = grouped[[column for column in FOUND_COLUMNS if column in frames] + metric_columns(frames)].mean()
+    return grouped.size().rename("frames").to_frame().join(means).reset_index()
+
+
+def clips_table(evaluations: list[PairEvaluation], frames: pd.DataFrame) -> pd.DataFrame:
+    """`clip_means` with every pair's status and error; a failed pair has 0 frames and no metrics."""
+    status = pd.DataFrame([evaluation.row() for evaluation in evaluations],
+                          columns=PAIR_COLUMNS + ["status", "error"])
+    table = status.merge(clip_means(frames), on=PAIR_COLUMNS, how="left")
+    table["frames"] = table["frames"].fillna(0).astype(int)
+    return table
+
+
+def metric_summary(frames: pd.DataFrame, networks: dict[str, str | None]) -> dict[str, dict[str, dict]]:
+    """Per protocol and metric: mean and std (n - 1) over the frames that measured it, n, n_missing (frames it
+    could not be measured on: NaN) and the network that measured it."""
+    summary = {}
+    for protocol, group in frames.groupby("protocol", sort=False):
+        summary[protocol] = {column: {**_statistics(group[column]), "network": networks[_network_of(column)]}
+                             for column in metric_columns(group, protocol)}
+    return summary
+
+
+def _statistics(values: pd.Series) -> dict:
+    measured = values.dropna()
+    return {"mean": _number(measured.mean()), "std": _number(measured.std()), "n": len(measured),
+            "n_missing": int(values.isna().sum())}
+
+
+def _network_of(column: str) -> str:
+    """The network key of a metric column: its family (csim, lpips, apd, aed) is one of its words."""
+    return next(NETWORK_OF_FAMILY[word] for word in column.split("_") if word in NETWORK_OF_FAMILY)
+
+
+def linearity_tables(config: EvaluateConfig, clips: list[ClipKey]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(fits, sweep): each direction of A swept on the W+ of the first frame of a seeded few clips of the split,
+    read by the Net3D, and fitted (`fit_linearity`; a direction whose faces were never found has a row of NaN)."""
+    networks = networks_for(config.reenact)
+    store = ClipStore.open(config.store, create=False)
+    keys = seeded_subset(clips, config.linearity_sources, config.seed)
+    wplus = networks.invert(np.stack([store.clip(key).frames(0, 1)[0] for key in keys]))
+    reenactor = networks.reenactor
+    sweep = sweep_directions(reenactor.generator, reenactor.directions, networks.encoders.face3d,
+                             torch.as_tensor(wplus, device=networks.device), reenactor.ranges,
+                             config.linearity_magnitudes, config.linearity_directions, reenactor.shift_scale,
+                             batch_size=generation_batch(config.reenact))
+    sweep.insert(3, "source_clip", [f"{CLIP_PREFIX}{keys[index]}" for index in sweep["source"]])
+    fits = fit_linearity(sweep).set_index("direction").reindex(config.linearity_directions).reset_index()
+    fits["points"] = fits["points"].fillna(0).astype(int)
+    return fits, sweep
+
+
+def linearity_summary(fits: pd.DataFrame, networks: dict[str, str | None]) -> dict:
+    fitted = fits[fits["points"] > 0]
+    return {"directions": len(fits), "fitted": len(fitted),
+            **{f"{column}_mean": _number(fitted[column].mean()) for column in ("slope", "r2", "crosstalk")},
+            "networks": {name: networks[name] for name in ("generator", "directions", "net3d")}}
+
+
+def protocol_summary(evaluations: list[PairEvaluation], frames: pd.DataFrame, metrics: dict,
+                     distribution: dict) -> dict:
+    """summary.json's block of one protocol: pairs, frames, the share of faces found, the statistics of every
+    metric (`metric_summary`), FID and KID."""
+    return {"pairs": len(evaluations), "pairs_failed": sum(e.status == "failed" for e in evaluations),
+            "frames": len(frames), "faces_found": {column.removesuffix("_found"): _number(frames[column].mean())
+                                                   for column in FOUND_COLUMNS if column in frames},
+            "metrics": metrics, "distribution": distribution}
+
+
+def write_results(config: EvaluateConfig, plan: EvaluationPlan, evaluations: dict[str, list[PairEvaluation]],
+                  distribution: list[dict], linearity: tuple[pd.DataFrame, pd.DataFrame] | None,
+                  seconds: float) -> dict:
+    """Write the tables and, last, summary.json (returned)."""
+    out = Path(config.out)
+    every = [evaluation for protocol in evaluations.values() for evaluation in protocol]
+    frames = frames_table(every)
+    write_table(frames, out / FRAMES_FILE)
+    write_table(clips_table(every, frames), out / CLIPS_FILE)
+    write_table(pd.DataFrame(distribution, columns=DISTRIBUTION_COLUMNS), out / DISTRIBUTION_FILE)
+    if linearity is not None:
+        write_table(linearity[0], out / LINEARITY_FILE)
+        write_table(linearity[1], out / SWEEP_FILE)
+    metrics = metric_summary(frames, plan.networks)
+    scores = {row["protocol"]: row for row in distribution}
+    summary = {
+        "protocols": {protocol: protocol_summary(done, frames[frames["protocol"] == protocol],
+                                                 metrics.get(protocol, {}), scores[protocol])
+                      for protocol, done in evaluations.items()},
+        "linearity": linearity_summary(linearity[0], plan.networks) if linearity is not None else None,
+        "networks": plan.networks, "aed_ranges": plan.aed_ranges,
+        "weights": {"set": config.reenact.weights, "sha256": plan.weights_sha256},
+        "environment": environment(networks_for(config.reenact).device), "seconds": seconds}
+    write_json(out / SUMMARY_FILE, summary)
+    return _jsonable(summary)
+
+
+# --- files -------------------------------------------------------------------------------------------------------------
+
+def clear_previous(out: Path) -> None:
+    """Remove a previous run's results from `out` (the files of this module's contract only), summary first."""
+    for name in (SUMMARY_FILE, CONFIG_FILE, FRAMES_FILE, CLIPS_FILE, DISTRIBUTION_FILE, LINEARITY_FILE, SWEEP_FILE):
+        (out / name).unlink(missing_ok=True)
+    for protocol in PROTOCOLS:
+        (out / PAIRS_DIR / f"{protocol}.parquet").unlink(missing_ok=True)
+        shutil.rmtree(out / SAMPLES_DIR / protocol, ignore_errors=True)
+
+
+def write_table(table: pd.DataFrame, path: Path) -> Path:
+    with atomic_path(path) as partial:
+        table.to_parquet(partial, index=False)
+    return path
+
+
+def write_json(path: Path, content: dict) -> Path:
+    with atomic_path(path) as partial:
+        partial.write_text(json.dumps(_jsonable(content), indent=1, allow_nan=False))
+    return path
+
+
+def write_png(path: Path, image: np.ndarray) -> Path:
+    with atomic_path(path) as partial:
+        Image.fromarray(image).save(partial, format="PNG")  # the temporary name has no .png suffix
+    return path
+
+
+def _number(value) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _jsonable(value):
+    """NaN and infinities as null (strict JSON), numpy scalars as Python numbers."""
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, (float, np.floating)):
+        return _number(float(value))
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def environment(device: torch.device) -> dict:
+    """What produced the figures: versions, device, code, time."""
+    import prefect
+    import zarr
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "prefect": prefect.__version__, "zarr": zarr.__version__, "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+            or platform.machine(), "code_version": code_version(), "git_commit": git_commit(),
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def git_commit(root: Path = PROJECT_ROOT) -> str | None:
+    """The checkout's commit, read from .git without running git (None outside a checkout)."""
+    git = root / ".git"
+    try:
+        if git.is_file():  # a worktree or submodule: "gitdir: <path>"
+            git = (root / git.read_text().split(":", 1)[1].strip()).resolve()
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head  # detached
+        ref = head[len("ref: "):]
+        common = git / (git / "commondir").read_text().strip() if (git / "commondir").is_file() else git
+        for place in (git, common):
+            if (place / ref).is_file():
+                return (place / ref).read_text().strip()
+        for line in (common / "packed-refs").read_text().splitlines():
+            if line.endswith(f" {ref}"):
+                return line.split()[0]
+    except OSError:
+        return None
+    return None
+
+
+# --- Prefect tasks -----------------------------------------------------------------------------------------------------
+
+@task(name="plan-pairs", cache_policy=NO_CACHE)
+def plan_task(config: EvaluateConfig) -> EvaluationPlan:
+    return plan_evaluation(config)
+
+
+@task(name="evaluate-pair", cache_policy=NO_CACHE, task_run_name="evaluate {pair.name}")
+def evaluate_pair_task(pair: ReenactPair, protocol: str, config: EvaluateConfig, sample: bool) -> PairEvaluation:
+    """Takes the config (paths inside) so it can run in another process (Dask)."""
+    return evaluate_pair(pair, protocol, config, sample)
+
+
+@task(name="distribution-scores", cache_policy=NO_CACHE, task_run_name="fid-kid {protocol}")
+def distribution_task(protocol: str, evaluations: list[PairEvaluation], config: EvaluateConfig) -> dict:
+    return distribution_row(protocol, evaluations, config)
+
+
+@task(name="linearity", cache_policy=NO_CACHE)
+def linearity_task(config: EvaluateConfig, clips: list[ClipKey]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return linearity_tables(config, clips)
+
+
+@task(name="write-results", cache_policy=NO_CACHE)
+def write_results_task(config: EvaluateConfig, plan: EvaluationPlan, evaluations: dict[str, list[PairEvaluation]],
+                       distribution: list[dict], linearity: tuple[pd.DataFrame, pd.DataFrame] | None,
+                       seconds: float) -> dict:
+    return write_results(config, plan, evaluations, distribution, linearity, seconds)
