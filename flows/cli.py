@@ -16,6 +16,7 @@ from tasks.encode import EncodeConfig
 from tasks.evaluate import EvaluateConfig
 from tasks.metrics import MetricsConfig
 from tasks.preprocess import PreprocessConfig
+from tasks.report import ReportConfig
 from tasks.reenact import ReenactConfig
 from tasks.runners import RunnerConfig
 
@@ -31,6 +32,7 @@ _enc = EncodeConfig.model_fields
 _ree = ReenactConfig.model_fields
 _eva = EvaluateConfig.model_fields
 _met = MetricsConfig.model_fields
+_rep = ReportConfig.model_fields
 WEIGHTS_DIR_HELP = "Weights directory (default: $REENACT_WEIGHTS_DIR, else weights/ in the project)."
 
 
@@ -289,6 +291,30 @@ def evaluate_command(
         console.print(line, highlight=False)
     if summary.pairs and all(summary.failed[p] == summary.pairs[p] for p in summary.pairs):
         raise typer.Exit(code=1)
+
+
+@app.command("benchmark-report")
+def benchmark_report_command(
+    evaluation: Path = typer.Argument(..., help="An evaluation folder written by `reenact evaluate`."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for report.html and figures/ (default: EVALUATION/report)."),
+    resamples: int = typer.Option(2000, help=_rep["resamples"].description),
+    seed: int = typer.Option(0, help=_rep["seed"].description),
+    samples: int = typer.Option(8, help=_rep["samples_per_protocol"].description),
+    published: Optional[Path] = typer.Option(None, help=_rep["published"].description),
+    screenshot: bool = typer.Option(False, help=_rep["screenshot"].description),
+) -> None:
+    """A self-contained HTML benchmark report of an evaluation: metric tables with bootstrap confidence intervals,
+    the published numbers next to this run's, distributions, linearity curves, throughput, sample grids and the
+    environment (the same figures as PNG files beside it)."""
+    from flows.benchmark_report import benchmark_report
+
+    with user_errors():
+        config = ReportConfig(resamples=resamples, seed=seed, samples_per_protocol=samples,
+                              published=str(published) if published else None, screenshot=screenshot)
+        summary = benchmark_report(evaluation=str(evaluation), out=str(out) if out else None, config=config)
+    console.print(f"report:  {Path(summary.report).resolve()} ({summary.images} images, {len(summary.figures)} figures)")
+    if summary.screenshot:
+        console.print(f"picture: {Path(summary.screenshot).resolve()}")
 
 
 @app.command()

@@ -18,6 +18,8 @@ def apply_prefect_defaults() -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_HOME", str(state_dir() / ".prefect"))
+    # the ephemeral API's default 20 s start-up wait is too short on a small machine busy with training
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 def default_weights_dir() -> Path:
