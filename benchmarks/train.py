@@ -7,6 +7,9 @@ EMA, logging), on CPU and, when CUDA is present, on the GPU in fp32, bf16 and fp
 
 Presets (the networks' sizes are in the output):
     generator-tiny32    G and D at 32 px, style 64, channel_max 32 (the tests' network)
+    generator-bundled   the bundled demo G's settings (training/configs/demo-generator.yaml: 64 px, style 256)
+    encoder-bundled     the bundled demo encoder's settings (demo-encoder.yaml: IR-SE-18 at 64 px) on that G
+    directions-bundled  the bundled demo A's settings (demo-directions.yaml) in the synthetic phase on that G
     generator-demo256   G and D at 256 px, style 512, channel_max 128 (a demo-sized generator, ~5 M parameters)
     generator-official  the paper's G and D (256 px, channel multiplier 1): CUDA only
     encoder-demo        e4e IR-SE-50 with channel_max 64 reading 256 crops, inverting generator-demo256's G
@@ -32,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -47,6 +51,18 @@ DEMO256 = {"size": 256, "style_dim": 512, "n_mlp": 8, "channel_max": 128}
 OFFICIAL256 = {"size": 256, "style_dim": 512, "n_mlp": 8, "channel_multiplier": 1}
 SYNTHETIC_PHASE = {"synthetic_steps": 10**9, "real_steps": 0, "paired_steps": 0, "ranges": "measure",
                    "ranges_samples": 64}
+RUN_KEYS = {"store", "out", "steps", "batch_size", "log_every", "checkpoint_every", "image_every", "workers",
+            "threads", "seed", "generator", "synthetic_steps", "real_steps", "paired_steps", "ranges",
+            "real_source"}  # a config file's keys that belong to a run, not to the networks and losses
+
+
+def bundled(stage: str) -> dict:
+    """The network and loss settings of training/configs/demo-<stage>.yaml (the bundled demo set's recipe)."""
+    settings = yaml.safe_load((ROOT / "training" / "configs" / f"demo-{stage}.yaml").read_text())
+    return {key: value for key, value in settings.items() if key not in RUN_KEYS}
+
+
+BUNDLED_G = {key: bundled("generator")[key] for key in ("size", "style_dim", "n_mlp", "channel_max")}
 
 
 @dataclass(frozen=True)
@@ -61,6 +77,10 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "generator-tiny32": Preset("generator", TINY32, cpu_batch=8, gpu_batch=32),
+    "generator-bundled": Preset("generator", bundled("generator"), cpu_batch=8, gpu_batch=32),
+    "encoder-bundled": Preset("encoder", bundled("encoder"), cpu_batch=8, gpu_batch=32, generator=BUNDLED_G),
+    "directions-bundled": Preset("directions", {**bundled("directions"), **SYNTHETIC_PHASE}, cpu_batch=8,
+                                 gpu_batch=32, generator=BUNDLED_G),
     "generator-demo256": Preset("generator", DEMO256, cpu_batch=4, gpu_batch=16),
     "generator-official": Preset("generator", OFFICIAL256, cpu_batch=4, gpu_batch=16, cuda_only=True),
     "encoder-demo": Preset("encoder", {"num_layers": 50, "channel_max": 64}, cpu_batch=4, gpu_batch=16,
@@ -135,7 +155,8 @@ def _count(builder: str, config: dict) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", default="generator-tiny32,generator-demo256,encoder-demo,directions-demo,"
+    parser.add_argument("--presets", default="generator-tiny32,generator-bundled,encoder-bundled,"
+                                              "directions-bundled,generator-demo256,encoder-demo,directions-demo,"
                                               "generator-official,encoder-official,directions-official")
     parser.add_argument("--steps", type=int, default=16, help="steps per run (the second half is timed)")
     parser.add_argument("--devices", default="cpu,cuda", help="cuda is skipped when absent")

@@ -48,7 +48,7 @@ class EvaluateSummary(BaseModel):
                          f"frames; {figures}")
         names = self.networks
         lines.append(f"measured by: identity {names['identity']}, LPIPS {names['lpips'] or '-'}, Net3D "
-                     f"{names['net3d']}, FID {names['inception']}")
+                     f"{names['net3d']}, FID {names['inception'] or '-'}")
         lines.append(f"results: {self.out} ({self.seconds:.1f} s)")
         return lines
 

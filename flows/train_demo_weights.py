@@ -1,7 +1,8 @@
 """`train-demo-weights`: the recipe of the bundled `demo` set, end to end, with the project's own flows.
 
-    make-synthetic-dataset (training world, seed 1)  ->  preprocess-dataset  ->  train-generator
-        ->  train-encoder  ->  encode-dataset (synth-regressor + the new encoder)  ->  train-directions
+    make-synthetic-dataset (training world, seed 1)  ->  preprocess-dataset  ->  train-generator (a GAN)
+        ->  train-encoder (with G's synthesis network as its decoder, from the GAN: the demo G)
+        ->  encode-dataset (synth-regressor + the new encoder)  ->  train-directions (paired phase)
         ->  held-out world (seed 2): `evaluate` cross-reenactment against the TRUE parameters  ->  provenance.json
 
 Each stage's settings are `training/configs/demo-<stage>.yaml`, with the store, run folders and weights of `work`.
@@ -75,14 +76,15 @@ def train_demo_weights(work: str = "outputs/demo-weights", install: bool = False
     preprocess_dataset(input=world.out, store=store, config=PreprocessConfig(fps=25))
 
     generator = train_generator(config=_stage_config(GeneratorTrainingConfig, "generator", store, root))
-    _install_file(generator.export, weights, "demo-generator")
     encoder = train_encoder(config=_stage_config(EncoderTrainingConfig, "encoder", store, root,
                                                  generator=generator.export))
+    decoder = _decoder_of(encoder)
+    _install_file(decoder, weights, "demo-generator")
     _install_file(encoder.export, weights, "demo-encoder")
     encode_dataset(store=store, config=EncodeConfig(face3d="synth-regressor", encoder="demo-encoder",
                                                     weights_dir=str(weights)))
     directions = train_directions(config=_stage_config(DirectionsTrainingConfig, "directions", store, root,
-                                                       generator=generator.export, weights_dir=str(weights)))
+                                                       generator=decoder, weights_dir=str(weights)))
     _install_file(directions.export, weights, "demo-directions")
 
     heldout_world = make_synthetic_dataset(out=str(root / "heldout"), config=HELDOUT_WORLD)
@@ -107,6 +109,14 @@ def _stage_config(cls, stage: str, store: str, root: Path, **settings):
     """training/configs/demo-<stage>.yaml with this recipe's store and run folder (and `settings`) over it."""
     overrides = [f"store={store}", f"out={root / f'train-{stage}'}", *(f"{k}={v}" for k, v in settings.items())]
     return load_config(cls, CONFIGS / f"demo-{stage}.yaml", overrides)
+
+
+def _decoder_of(encoder: TrainingSummary) -> str:
+    """The G the encoder stage trained as its decoder (demo-encoder.yaml's decoder_lr), else the GAN it inverted."""
+    decoder = Path(encoder.out) / "generator.safetensors"
+    if decoder.is_file():
+        return str(decoder)
+    return json.loads((Path(encoder.out) / "config.json").read_text())["generator"]
 
 
 @task(name="install-weights")

@@ -190,7 +190,7 @@ def measuring_networks(config: EvaluateConfig) -> dict[str, str | None]:
     metrics = metric_networks(config.metrics)
     weights = reenaction_set(config.reenact.weights)
     return {"identity": metrics.identity.name, "lpips": metrics.lpips.name if "self" in config.protocols else None,
-            "inception": metrics.inception.name, "net3d": networks.encode_config.face3d,
+            "inception": metrics.inception.name if config.fid else None, "net3d": networks.encode_config.face3d,
             "generator": weights.generator, "encoder": weights.encoder, "directions": weights.directions}
 
 

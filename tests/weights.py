@@ -31,3 +31,18 @@ def write_official_weights(root: Path, seed: int = 0) -> Path:
     (root / "deca").mkdir(exist_ok=True)
     torch.save({DECA_KEY: ResnetEncoder().state_dict()}, root / "deca" / "deca_model.tar")
     return root
+
+
+def write_metric_weights(root: Path) -> Path:
+    """Random LPIPS-trunk (AlexNet features) and FID-Inception files under their registry names: LPIPS, FID and KID
+    run their real code, on numbers that are not theirs."""
+    from models.metrics.inception import FID_INCEPTION_FILE, FIDInception
+    from models.metrics.lpips import ALEXNET_FILE, build_lpips
+
+    root.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    trunk = {name: value for name, value in build_lpips(random_backbone=True).state_dict().items()
+             if name.startswith("features.")}
+    torch.save(trunk, root / ALEXNET_FILE)
+    torch.save(FIDInception().state_dict(), root / FID_INCEPTION_FILE)
+    return root

@@ -26,6 +26,7 @@ Defaults that differ from e4e's recipe, because this machine has no network acce
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -38,8 +39,8 @@ from models.e4e import Encoder4Editing
 from models.images import resize_to
 from models.stylegan2 import Generator
 from storage.weights import WEIGHT_FILES, WeightsRegistry
-from training.common.checkpoints import Export, load_into, read_weights
-from training.common.config import TrainingConfig, command_line, load_config
+from training.common.checkpoints import Export, load_into, read_checkpoint, read_weights, save_export
+from training.common.config import DTYPES, TrainingConfig, command_line, load_config
 from training.common.distributed import Distributed, wrap
 from training.common.loop import Amp, Stage, TrainingSummary, maybe_compile, optimise, requires_grad, train
 from training.data import StoreCrops, to_model_range
@@ -72,6 +73,7 @@ class EncoderTrainingConfig(TrainingConfig):
     progressive_every: int = Field(0, ge=0, description="Steps between freeing one more W+ layer's delta; 0: all layers from the start.")
     mean_latent_samples: int = Field(4096, ge=1, description="z samples for G's mean w, w0's starting point.")
     sample_count: int = Field(8, ge=1, description="Crops in the logged grid (input above, reconstruction below).")
+    decoder_lr: float | None = Field(None, gt=0, description="Also train G's synthesis network (not its mapping) as the encoder's decoder, at this learning rate: an autoencoder in W+, for a G too weak to invert (a GAN cut short); <out>/generator.safetensors is then the trained G. None: G stays frozen.")
 
     def encoder_config(self, size: int, style_dim: int) -> dict[str, Any]:
         """Constructor arguments of `Encoder4Editing` for a G of this size and style dimension (what the exported
@@ -145,7 +147,8 @@ def frozen_generator(config: EncoderTrainingConfig, device: torch.device) -> Gen
 
 
 class EncoderStage(Stage):
-    """The encoder, its optimiser, the frozen G, the loss terms, and one inversion step."""
+    """The encoder, its optimiser, G (frozen, or trained as the decoder with `decoder_lr`), the loss terms, and one
+    inversion step."""
 
     name = "encoder"
 
@@ -160,6 +163,14 @@ class EncoderStage(Stage):
         self.e_forward = maybe_compile(self.e_train, config.compile, self.device)
         self.g_forward = maybe_compile(self.generator, config.compile, self.device)
         self.e_optim = torch.optim.Adam(self.e.parameters(), lr=config.lr)
+        self.decoder = config.decoder_lr is not None
+        if self.decoder:  # the synthesis layers learn; the mapping network (z -> w) is not used by an inversion
+            self.generator_arguments = read_weights(config.generator, "g_ema", config.weights_dir).config \
+                or GENERATOR_DEFAULT
+            synthesis = [p for name, p in self.generator.named_parameters() if not name.startswith("style.")]
+            requires_grad(self.generator, True)
+            requires_grad(self.generator.style, False)
+            self.g_optim = torch.optim.Adam(synthesis, lr=config.decoder_lr)
         self.amp = Amp(config.precision, self.device)
         self.e_scaler = self.amp.scaler()
         self.perceptual = perceptual_distance(config, self.device)
@@ -194,16 +205,16 @@ class EncoderStage(Stage):
         self.e.load_state_dict(trunk, strict=False)
 
     def networks(self):
-        return {"e": self.e}
+        return {"e": self.e, "g": self.generator} if self.decoder else {"e": self.e}
 
     def optimisers(self):
-        return {"e_optim": self.e_optim}
+        return {"e_optim": self.e_optim, "g_optim": self.g_optim} if self.decoder else {"e_optim": self.e_optim}
 
     def scalers(self):
-        return {"e": self.e_scaler}
+        return {"e": self.e_scaler}  # one scaler steps both optimisers of the one loss
 
     def constructor_configs(self):
-        return {"e": self.arguments}
+        return {"e": self.arguments, "g": self.generator_arguments} if self.decoder else {"e": self.arguments}
 
     def extra_state(self):
         return {"generator": self.config.generator}
@@ -234,7 +245,11 @@ class EncoderStage(Stage):
             weights = {"l2": config.l2_weight, "delta": config.delta_weight, "lpips": config.lpips_weight,
                        "identity": config.identity_weight}
             total = sum(weights[name] * value for name, value in losses.items())
-        optimise(total, self.e_optim, self.e_scaler, self.e)
+        if self.decoder:
+            self.g_optim.zero_grad(set_to_none=True)
+            optimise(total, self.e_optim, self.e_scaler, self.e, also=self.g_optim)
+        else:
+            optimise(total, self.e_optim, self.e_scaler, self.e)
         return {"loss": total.detach(), **{name: value.detach() for name, value in losses.items()}}
 
     @torch.no_grad()
@@ -246,8 +261,22 @@ class EncoderStage(Stage):
 
 
 def train_encoder(config: EncoderTrainingConfig, stop_after: int | None = None) -> TrainingSummary:
-    """Train (or resume) the encoder of `config`; see `training.common.loop.train`."""
-    return train(EncoderStage, config, lambda c: c.input_size, stop_after)
+    """Train (or resume) the encoder of `config`; see `training.common.loop.train`. With `decoder_lr`, the trained
+    G of the last checkpoint is exported beside the encoder as <out>/generator.safetensors."""
+    summary = train(EncoderStage, config, lambda c: c.input_size, stop_after)
+    if config.decoder_lr is not None and summary.steps == config.steps and summary.checkpoint:
+        export_decoder(Path(summary.checkpoint), Path(summary.out) / "generator.safetensors", config)
+    return summary
+
+
+def export_decoder(checkpoint: Path, path: Path, config: EncoderTrainingConfig) -> Path:
+    """G ('g') of an encoder checkpoint trained with `decoder_lr`, as train-generator exports G."""
+    state = read_checkpoint(checkpoint)
+    arguments = state["networks"]["g"]
+    generator = Generator(**arguments)
+    generator.load_state_dict(state["g"], strict=True)
+    return save_export(Export(generator, "models.stylegan2:Generator", arguments, "g_ema"), path,
+                       DTYPES[config.export_dtype], {"training": config.model_dump(mode="json"), "decoder_of": "e"})
 
 
 def main(argv: Sequence[str] | None = None) -> None:

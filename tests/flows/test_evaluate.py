@@ -20,8 +20,6 @@ from flows.make_synthetic_dataset import make_synthetic_dataset
 from flows.preprocess_dataset import preprocess_dataset
 from models.directions import DirectionMatrix, PARAM_NAMES
 from models.e4e import Encoder4Editing
-from models.metrics.inception import FID_INCEPTION_FILE, FIDInception
-from models.metrics.lpips import ALEXNET_FILE, build_lpips
 from models.metrics.fid import frechet_distance
 from models.stylegan2 import Generator
 from storage.files import sha256_file
@@ -32,6 +30,7 @@ from tasks.metrics import MetricsConfig, fid_of_features, lpips, metric_networks
 from tasks.protocols import cross_pairs, self_pairs
 from tasks.reenact import ReenactConfig, networks_for, prepare_inputs
 from tasks.synthesize import SynthConfig
+from tests.weights import write_metric_weights
 from training.common.checkpoints import Export, save_export
 
 FRAMES_PER_CLIP = 2  # Inception-v3 takes 0.6 s an image here: every frame counts twice (result and real)
@@ -52,11 +51,7 @@ def write_tiny_weights(root):
         entries = {"shift_scale": 6.0} if name == "directions" else {}
         save_export(Export(module.eval(), builder, TINY[name], key, entries), root / "demo" / f"{name}.safetensors",
                     torch.float32, {})
-    trunk = {name: value for name, value in build_lpips(random_backbone=True).state_dict().items()
-             if name.startswith("features.")}
-    torch.save(trunk, root / ALEXNET_FILE)
-    torch.save(FIDInception().state_dict(), root / FID_INCEPTION_FILE)
-    return root
+    return write_metric_weights(root)
 
 
 @pytest.fixture(scope="module")

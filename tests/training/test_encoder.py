@@ -138,3 +138,23 @@ def test_delta_regularisation_and_the_progressive_schedule():
 def test_bf16_autocast_runs(world, tmp_path):
     summary = train_encoder(tiny(world, tmp_path / "bf16", steps=2, precision="bf16"))
     assert summary.final_losses["l2"] > 0 and torch.isfinite(torch.tensor(summary.final_losses["loss"]))
+
+
+def test_with_decoder_lr_g_learns_as_the_decoder_and_is_exported(world, tmp_path):
+    """decoder_lr trains G's synthesis network with the encoder (the mapping stays), exports it beside the encoder,
+    and a resumed run whose final export is missing writes it from the final checkpoint."""
+    _, generator = world
+    config = tiny(world, tmp_path / "ae", steps=6, log_every=3, checkpoint_every=6, decoder_lr=1e-3,
+                  export_dtype="fp32")
+    summary = train_encoder_flow(config=config)
+    (tmp_path / "weights" / "demo").mkdir(parents=True)
+    shutil.copy(tmp_path / "ae" / "generator.safetensors", tmp_path / "weights" / "demo" / "generator.safetensors")
+    decoder = WeightsRegistry(tmp_path / "weights").get("demo-generator")
+    before, after = generator.state_dict(), decoder.state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name].to(before[name].dtype))}
+    assert changed and all(not name.startswith("style.") for name in changed)
+    assert {"e", "g", "e_optim", "g_optim"} <= set(read_checkpoint(summary.checkpoint))
+
+    (tmp_path / "ae" / "encoder.safetensors").unlink()  # as if killed between the last checkpoint and the export
+    again = train_encoder(config)
+    assert again.start_step == again.steps == 6 and (tmp_path / "ae" / "encoder.safetensors").is_file()

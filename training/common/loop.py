@@ -79,11 +79,14 @@ class Amp:
 
 
 def optimise(loss: torch.Tensor, optimiser: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-             parameters_of: nn.Module) -> None:
-    """zero_grad, backward (scaled), step, update: one optimiser step on `loss`."""
+             parameters_of: nn.Module, also: torch.optim.Optimizer | None = None) -> None:
+    """zero_grad, backward (scaled), step, update: one optimiser step on `loss` (and one of `also`, whose
+    parameters the caller zeroed, on the same gradients)."""
     parameters_of.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimiser)
+    if also is not None:
+        scaler.step(also)
     scaler.update()
 
 
@@ -243,7 +246,8 @@ def _finish(stage: Stage, run: RunDir, config: TrainingConfig, group: Distribute
     trained = end - start
     in_sync = replicas_in_sync(stage, group)
     final = run.export(stage.name)
-    if group.main and end == config.steps and trained:
+    # a run that reached `steps` exports; so does a resumed one whose final checkpoint has no export beside it
+    if group.main and end == config.steps and (trained or not final.exists()):
         save_export(stage.export(), final, DTYPES[config.export_dtype],
                     {"training": config.model_dump(mode="json"), "step": end, "losses": monitor.last})
     summary = TrainingSummary(
