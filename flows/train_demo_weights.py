@@ -87,14 +87,7 @@ def train_demo_weights(work: str = "outputs/demo-weights", install: bool = False
                                                        generator=decoder, weights_dir=str(weights)))
     _install_file(directions.export, weights, "demo-directions")
 
-    heldout_world = make_synthetic_dataset(out=str(root / "heldout"), config=HELDOUT_WORLD)
-    heldout_store = str(root / "heldout.zarr")
-    preprocess_dataset(input=heldout_world.out, store=heldout_store, config=PreprocessConfig(fps=25))
-    evaluation = evaluate(config=EvaluateConfig(
-        store=heldout_store, out=str(root / "heldout-evaluation"), protocols=["cross"], cross_count=12,
-        truth=heldout_world.truth, fid=False, reenact=ReenactConfig(weights="demo", weights_dir=str(weights)),
-        metrics=MetricsConfig(identity="dlib")))
-    heldout = heldout_figures(Path(evaluation.out) / SUMMARY_FILE)
+    heldout = heldout_figures(heldout_evaluation(root, str(weights)))
 
     provenance = write_provenance(weights / "demo" / PROVENANCE, {
         "generator": generator, "encoder": encoder, "directions": directions}, heldout, weights)
@@ -127,6 +120,20 @@ def _install_file(export: str, weights: Path, name: str) -> Path:
     with atomic_path(target) as partial:
         shutil.copyfile(export, partial)
     return target
+
+
+def heldout_evaluation(root: Path, weights_dir: str | None = None) -> Path:
+    """The held-out world (people the demo set never saw) made and preprocessed under `root`, and `evaluate`'s
+    cross-reenactment of it against the true parameters, with the demo set of `weights_dir` (None: the bundled
+    one); returns the evaluation's summary.json."""
+    world = make_synthetic_dataset(out=str(root / "heldout"), config=HELDOUT_WORLD)
+    store = str(root / "heldout.zarr")
+    preprocess_dataset(input=world.out, store=store, config=PreprocessConfig(fps=25))
+    evaluation = evaluate(config=EvaluateConfig(
+        store=store, out=str(root / "heldout-evaluation"), protocols=["cross"], cross_count=12, truth=world.truth,
+        fid=False, reenact=ReenactConfig(weights="demo", weights_dir=weights_dir),
+        metrics=MetricsConfig(identity="dlib")))
+    return Path(evaluation.out) / SUMMARY_FILE
 
 
 def heldout_figures(summary_path: Path) -> dict[str, Any]:

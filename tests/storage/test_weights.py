@@ -15,6 +15,7 @@ from storage.checkpoints import (
     save_safetensors,
 )
 from storage.weights import (
+    BUNDLED_DIR,
     WEIGHT_FILES,
     WEIGHT_SETS,
     MissingWeightsError,
@@ -60,7 +61,7 @@ def test_weights_dir_explicit_then_environment_then_project(tmp_path, monkeypatc
     assert resolve_weights_dir() == Path(__file__).resolve().parents[2] / "weights"
 
 
-@pytest.mark.parametrize("name", list(WEIGHT_FILES))
+@pytest.mark.parametrize("name", [name for name, entry in WEIGHT_FILES.items() if not entry.bundled])
 def test_missing_file_says_where_to_put_it_and_where_it_comes_from(registry, name):
     entry = WEIGHT_FILES[name]
     with pytest.raises(MissingWeightsError) as caught:
@@ -81,7 +82,8 @@ def test_unknown_names_list_the_known_ones(registry):
 
 def test_status_reports_present_and_missing_files(registry):
     every = registry.status()
-    assert [row["name"] for row in every] == list(WEIGHT_FILES) and not any(row["present"] for row in every)
+    assert [row["name"] for row in every] == list(WEIGHT_FILES)
+    assert [row["name"] for row in every if row["present"]] == list(WEIGHT_SETS["demo"])  # bundled ones only
     arcface = _put(registry, "arcface-ir-se50", {"w": torch.zeros(10)})
     (registry.root / "deca").mkdir()
     (registry.root / "deca" / "generic_model.npz").write_bytes(b"npz")  # FLAME's converted form also counts
@@ -94,10 +96,10 @@ def test_status_reports_present_and_missing_files(registry):
     assert not rows["e4e-voxceleb256"]["present"] and rows["e4e-voxceleb256"]["size"] is None
     assert registry.path("flame") == registry.root / "deca" / "generic_model.npz"
 
-    demo = registry.status("demo")
-    assert [row["path"] for row in demo] == [str(registry.root / "demo" / f"{part}.safetensors")
+    demo = registry.status("demo")  # bundled: read from models/data while the weights directory has no copy
+    assert [row["path"] for row in demo] == [str(BUNDLED_DIR / "demo" / f"{part}.safetensors")
                                              for part in ("generator", "encoder", "directions")]
-    assert not any(row["present"] for row in demo)
+    assert all(row["present"] for row in demo)
 
     text = format_status(list(rows.values()))
     lines = {line.split()[0]: line for line in text.splitlines() if line.strip()}
