@@ -45,4 +45,4 @@ def test_directions_move_held_out_faces_toward_the_true_pose(tmp_path):
     assert figures["apd_reenacted"] < 0.8 * figures["apd_static"], figures
     recorded = json.loads((BUNDLED_DIR / "demo" / "provenance.json").read_text())["heldout"]
     for name in ("apd_reenacted", "apd_static", "aed_reenacted", "csim"):
-        assert figures[name] == pytest.approx(recorded[name], rel=0.02), name
+        assert figures[name] == pytest.approx(recorded[name], rel=0.05), name  # another CPU may flip a detection
