@@ -115,11 +115,7 @@ def _decoder_of(encoder: TrainingSummary) -> str:
 @task(name="install-weights")
 def _install_file(export: str, weights: Path, name: str) -> Path:
     """Copy a run's export to where the registry looks for `name` in `weights` (whole or not at all)."""
-    target = weights / WEIGHT_FILES[name].filename
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as partial:
-        shutil.copyfile(export, partial)
-    return target
+    return _copy_whole(Path(export), weights / WEIGHT_FILES[name].filename)
 
 
 def heldout_evaluation(root: Path, weights_dir: str | None = None) -> Path:
@@ -172,8 +168,14 @@ def write_provenance(path: Path, runs: dict[str, TrainingSummary], heldout: dict
 def _install_bundle(source: Path) -> str:
     """The set and its provenance into models/data/demo (each file replaced whole)."""
     target = BUNDLED_DIR / "demo"
-    target.mkdir(parents=True, exist_ok=True)
     for path in sorted(source.iterdir()):
-        with atomic_path(target / path.name) as partial:
-            shutil.copyfile(path, partial)
+        _copy_whole(path, target / path.name)
     return str(target)
+
+
+def _copy_whole(source: Path, target: Path) -> Path:
+    """`source` copied to `target`, which appears whole or not at all."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as partial:
+        shutil.copyfile(source, partial)
+    return target

@@ -308,14 +308,10 @@ def evaluate_pair(pair: ReenactPair, protocol: str, config: EvaluateConfig, samp
 
 def generate(source: SourceFace, driving_params: np.ndarray, config: ReenactConfig) -> np.ndarray:
     """uint8 [N, S, S, 3]: the source with each row of driving parameters, in the reenactment's batches."""
-    size = generation_batch(config)
-    return np.concatenate([networks_for(config).generate(source, driving_params[start:start + size])
+    networks = networks_for(config)
+    size = networks.batch_size
+    return np.concatenate([networks.generate(source, driving_params[start:start + size])
                            for start in range(0, len(driving_params), size)])
-
-
-def generation_batch(config: ReenactConfig) -> int:
-    """Images G draws at once, as `render_video` batches them (1 on a CPU, where that runs fastest)."""
-    return config.batch_size or (32 if networks_for(config).device.type == "cuda" else 1)
 
 
 def frame_scores(results: np.ndarray, static: np.ndarray, real: np.ndarray, real_landmarks: np.ndarray,
@@ -438,7 +434,7 @@ def linearity_tables(config: EvaluateConfig, clips: list[ClipKey]) -> tuple[pd.D
     sweep = sweep_directions(reenactor.generator, reenactor.directions, networks.encoders.face3d,
                              torch.as_tensor(wplus, device=networks.device), reenactor.ranges,
                              config.linearity_magnitudes, config.linearity_directions, reenactor.shift_scale,
-                             batch_size=generation_batch(config.reenact))
+                             batch_size=networks.batch_size)
     sweep.insert(3, "source_clip", [f"{CLIP_PREFIX}{keys[index]}" for index in sweep["source"]])
     fits = fit_linearity(sweep).set_index("direction").reindex(config.linearity_directions).reset_index()
     fits["points"] = fits["points"].fillna(0).astype(int)

@@ -120,6 +120,11 @@ class ReenactNetworks:
         self.weights_sha256 = {name: registry.sha256(name)
                                for name in (weights.generator, weights.encoder, weights.directions)}
 
+    @property
+    def batch_size(self) -> int:
+        """Frames G draws at once: the config's, else 32 on a GPU and 1 on a CPU (where that runs fastest)."""
+        return self.config.batch_size or (32 if self.device.type == "cuda" else 1)
+
     def _autocast(self):
         precision = self.config.precision
         return (torch.autocast("cuda", dtype=_AUTOCAST[precision])
@@ -450,7 +455,7 @@ def render_video(source: SourceFace, driving: DrivingTrack, output: str | Path, 
 def _pictures(source: SourceFace, driving: DrivingTrack, networks: ReenactNetworks,
               config: ReenactConfig) -> Iterator[np.ndarray]:
     """The output frames, batch by batch: the generated crops, pasted back and/or beside the inputs if asked."""
-    size = config.batch_size or (32 if networks.device.type == "cuda" else 1)
+    size = networks.batch_size
     batches = driving.batches(size, full_frames=config.paste_back)
     source_panel = None  # the source crop at the output's height, resized once
     with tqdm(total=len(driving), desc="reenact", unit="frame", disable=None, dynamic_ncols=True) as bar:
