@@ -7,8 +7,10 @@ reproducible, but the faces they make are noise.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from models.deca import CHECKPOINT_KEY as DECA_KEY, ResnetEncoder
@@ -28,8 +30,27 @@ def write_official_weights(root: Path, seed: int = 0) -> Path:
     torch.save({"e": {name: value.half() for name, value in encoder.state_dict().items()}}, root / "e4e-voxceleb.pt")
     del encoder
     torch.save(to_checkpoint(DirectionMatrix()), root / "A_matrix.pt")
-    (root / "deca").mkdir(exist_ok=True)
+    write_deca_encoder(root)
+    return root
+
+
+def write_deca_encoder(root: Path) -> None:
+    """`deca/deca_model.tar` holding E_flame's random weights (from torch's current seed) under its official key."""
+    (root / "deca").mkdir(parents=True, exist_ok=True)
     torch.save({DECA_KEY: ResnetEncoder().state_dict()}, root / "deca" / "deca_model.tar")
+
+
+def write_deca_flame_weights(root: Path, seed: int = 0) -> Path:
+    """What DECA as a Net3D reads under `root`: `deca/deca_model.tar` (seeded random E_flame) and FLAME's official
+    files, the synthetic model of tests/models/test_flame.py as `deca/generic_model.pkl` (plain arrays) and
+    `deca/landmark_embedding.npy`."""
+    from tests.models.test_flame import synthetic_flame  # a test module: imported only by the tests that need FLAME
+
+    torch.manual_seed(seed)
+    write_deca_encoder(root)
+    model, embedding = synthetic_flame(np.random.default_rng(seed))
+    (root / "deca" / "generic_model.pkl").write_bytes(pickle.dumps(model, protocol=2))
+    np.save(root / "deca" / "landmark_embedding.npy", embedding, allow_pickle=True)
     return root
 
 

@@ -12,11 +12,16 @@ weights directory or from torch hub's checkpoint folder, where torchvision and p
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import torch
+from torch import nn
 
 from models import MissingWeightsError
+
+Network = TypeVar("Network", bound=nn.Module)
 
 
 def checkpoint_candidates(filename: str, weights_dir: str | Path | None) -> list[Path]:
@@ -39,3 +44,19 @@ def find_checkpoint(filename: str, weights_dir: str | Path | None, needed_for: s
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A bare state dict, read weights-only on the CPU."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_standard_or_keep_random(network: Network, load: Callable[[Mapping[str, torch.Tensor]], None],
+                                 filename: str, weights_dir: str | Path | None, needed_for: str, where_to_get: str, *,
+                                 state: Mapping[str, torch.Tensor] | None, keep_random: bool,
+                                 random_suffix: str) -> Network:
+    """`network` after `load(state)`: `state` as given (the caller's weights registry read it), else the standard
+    file from `find_checkpoint` (same arguments). `keep_random=True` loads nothing and appends `random_suffix` to
+    `network.name`, so that no figure from random weights passes for the metric's."""
+    if keep_random:
+        network.name += random_suffix
+        return network
+    if state is None:
+        state = read_state_dict(find_checkpoint(filename, weights_dir, needed_for, where_to_get))
+    load(state)
+    return network

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.metrics import find_checkpoint, read_state_dict
+from models.metrics import load_standard_or_keep_random
 
 FID_INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 FID_INCEPTION_WHERE = ("pytorch-fid's port of TensorFlow's FID Inception (https://github.com/mseitzer/pytorch-fid/"
@@ -223,10 +223,7 @@ def build_fid_inception(weights_dir: str | Path | None = None, state: Mapping[st
     (`MissingWeightsError` naming both). `random_weights=True` (tests, timing) gives features that are not FID's,
     and `name` says so."""
     network = FIDInception()
-    if random_weights:
-        network.name += "-random-weights"
-    else:
-        if state is None:
-            state = read_state_dict(find_checkpoint(FID_INCEPTION_FILE, weights_dir, "FID", FID_INCEPTION_WHERE))
-        network.load_official(state)
+    network = load_standard_or_keep_random(network, network.load_official, FID_INCEPTION_FILE, weights_dir, "FID",
+                                           FID_INCEPTION_WHERE, state=state, keep_random=random_weights,
+                                           random_suffix="-random-weights")
     return network.to(device or "cpu")

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.metrics import find_checkpoint, read_state_dict
+from models.metrics import load_standard_or_keep_random, read_state_dict
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
 ALEXNET_WHERE = ("torchvision's ImageNet AlexNet weights (torchvision.models.AlexNet_Weights.IMAGENET1K_V1, "
@@ -138,10 +138,7 @@ def build_lpips(weights_dir: str | Path | None = None, backbone: Mapping[str, to
     """
     network = LPIPS()
     network.load_heads(read_state_dict(heads_path()))
-    if random_backbone:
-        network.name += "-random-backbone"
-    else:
-        if backbone is None:
-            backbone = read_state_dict(find_checkpoint(ALEXNET_FILE, weights_dir, "LPIPS", ALEXNET_WHERE))
-        network.load_backbone(backbone)
+    network = load_standard_or_keep_random(network, network.load_backbone, ALEXNET_FILE, weights_dir, "LPIPS",
+                                           ALEXNET_WHERE, state=backbone, keep_random=random_backbone,
+                                           random_suffix="-random-backbone")
     return network.to(device or "cpu")

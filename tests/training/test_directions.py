@@ -7,7 +7,6 @@ and gradients reach A only."""
 from __future__ import annotations
 
 import json
-import pickle
 import shutil
 from contextlib import contextmanager
 
@@ -17,14 +16,13 @@ import torch
 
 from flows.train_directions import train_directions as train_directions_flow
 from models import MissingWeightsError
-from models.deca import CHECKPOINT_KEY as DECA_KEY, ResnetEncoder
 from models.directions import NUM_PARAMS, ParamRanges, from_checkpoint
 from models.flame import euler_from_axis_angle, orthographic_projection
 from models.reenact import Reenactor
 from storage.store import ClipKey, ClipStore
 from storage.weights import WeightsRegistry
-from tests.models.test_flame import synthetic_flame
 from tests.training import QUICK, TINY_G, differing_tensors, tiny_generator_file
+from tests.weights import write_deca_flame_weights
 from training.common.checkpoints import read_checkpoint
 from models.face3d.regressor import SHAPE_SIZE as SYNTH_SHAPE_SIZE, load_regressor
 from training.common.distributed import Distributed
@@ -189,18 +187,6 @@ def test_ranges_measured_on_the_generator(world, tmp_path):
 
 # ------------------------------------------------------------------------------------------- DECA as the Net3D
 
-def write_deca_weights(root):
-    """deca/deca_model.tar (E_flame, seeded random weights) and FLAME's official files (the synthetic model of
-    tests/models/test_flame.py as generic_model.pkl with plain arrays, and landmark_embedding.npy) under `root`."""
-    (root / "deca").mkdir(parents=True)
-    torch.manual_seed(0)
-    torch.save({DECA_KEY: ResnetEncoder().state_dict()}, root / "deca" / "deca_model.tar")
-    model, embedding = synthetic_flame(np.random.default_rng(0))
-    (root / "deca" / "generic_model.pkl").write_bytes(pickle.dumps(model, protocol=2))
-    np.save(root / "deca" / "landmark_embedding.npy", embedding, allow_pickle=True)
-    return root
-
-
 @contextmanager
 def one_torch_thread():
     """As the loop runs with QUICK's threads=1: ResNet-50 on two busy cores is several times faster so."""
@@ -216,7 +202,7 @@ def one_torch_thread():
 def deca_world(world, tmp_path_factory):
     """(weights dir, DecaNet3D, store path): the store has one clip of 4 frames read by that DecaNet3D."""
     root, generator = world
-    weights = write_deca_weights(tmp_path_factory.mktemp("deca-weights"))
+    weights = write_deca_flame_weights(tmp_path_factory.mktemp("deca-weights"))
     net3d = load_deca_net3d(WeightsRegistry(weights), torch.device("cpu"))
     with one_torch_thread():
         write_world(root, generator, net3d, clips=1, frames=4, name="deca-world.zarr")
