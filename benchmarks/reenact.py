@@ -13,6 +13,8 @@ Printed, per device and precision:
   * G + A alone: frames/s per batch size, and the ratio to batch 1 measured in the same process;
   * the whole flow on a `--seconds` driver: seconds per stage (driving track, source, render + encode), frames/s
     end to end and of the render stage, at batch 1 and the best batch of the G + A sweep, and their ratio;
+  * tuning G on the source (`--tune-steps`, fp32 whatever the precision): ms per step on pixels alone and with
+    LPIPS (a random AlexNet trunk: the real cost), and their ratio;
   * peak memory (RSS growth of a fresh process, and CUDA's peak allocation) of whole runs on drivers of each
     `--memory-seconds` length, with the ratio of the longest to the shortest: it must stay near 1.
 """
@@ -116,6 +118,20 @@ def whole_flow(config, driver: Path, output: Path) -> dict:
             "total_s": total, "frames_per_s": frames / total, "render_frames_per_s": frames / (total - driving_s - source_s)}
 
 
+def tuning_speed(config, steps: int) -> dict[str, float]:
+    """ms per step of tuning G on the bundled photo, on pixels alone and with LPIPS (after a 2-step warm-up)."""
+    from tasks.reenact import networks_for, prepare_source
+
+    face = prepare_source(str(SOURCE), 0, config)
+    rows = {}
+    for label, lpips_weight in (("L2", 0.0), ("L2 + LPIPS", 1.0)):
+        for count in (2, steps):  # the first call warms up kernels and caches
+            tuned = config.model_copy(update={"tune_steps": count, "tune_lpips_weight": lpips_weight})
+            report = networks_for(tuned).tuned(face, tuned).tuning
+        rows[label] = 1e3 * report["seconds"] / steps
+    return rows
+
+
 def memory_run(arguments: argparse.Namespace, precision: str, seconds: float, scratch: Path) -> dict:
     """A whole run on a `seconds`-long driver in a fresh process; its peak memory growth."""
     command = [sys.executable, __file__, "--child-memory", str(seconds), "--device", arguments.device,
@@ -162,6 +178,7 @@ def main() -> None:
     parser.add_argument("--memory-batch", type=int, default=None, help="batch size of the memory runs (default: the flow's)")
     parser.add_argument("--face3d", default="landmark-fit", help="Net3D of the runs (default landmark-fit; 'deca' reads the random DECA)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tune-steps", type=int, default=None, help="steps of the G-tuning timing (default: 10 on CPU, 50 on CUDA; 0 skips it)")
     parser.add_argument("--weights-dir", default=None, help="official weights to use instead of random ones")
     parser.add_argument("--scratch", default=None, help="folder for drivers, weights and outputs (default: a temporary one)")
     parser.add_argument("--child-memory", type=float, default=None, help=argparse.SUPPRESS)
@@ -184,6 +201,11 @@ def main() -> None:
     from tasks.reenact import ReenactConfig
 
     weights = weights_dir(arguments.weights_dir, scratch)
+    tune_steps = arguments.tune_steps if arguments.tune_steps is not None else (50 if on_gpu else 10)
+    if tune_steps and not arguments.weights_dir:
+        from tests.weights import write_metric_weights
+
+        write_metric_weights(weights)  # LPIPS's AlexNet trunk, random: the cost of the real one
     driver = make_driver(scratch / f"driver-{seconds:g}s.mp4", seconds)
     print(f"device {arguments.device}{' (' + torch.cuda.get_device_name() + ')' if on_gpu else ''}, torch "
           f"{torch.__version__}, {torch.get_num_threads()} CPU threads; random official-layout weights; face3d "
@@ -220,6 +242,12 @@ def main() -> None:
                       f"{result['frames_per_s']:.1f} frames/s")
             short, long = results[min(lengths)], results[max(lengths)]
             print(f"  peak RSS {max(lengths):g} s vs {min(lengths):g} s: x{long['rss_peak_mib'] / short['rss_peak_mib']:.2f}")
+    if tune_steps:  # tuning runs in fp32 whatever the precision: once
+        tuning = tuning_speed(ReenactConfig(weights_dir=str(weights), device=arguments.device,
+                                            face3d=arguments.face3d), tune_steps)
+        print(f"\ntuning G on the source ({tune_steps} steps, fp32): "
+              + ", ".join(f"{label} {ms:.0f} ms/step" for label, ms in tuning.items())
+              + f"; LPIPS adds x{tuning['L2 + LPIPS'] / tuning['L2']:.2f}")
 
 
 if __name__ == "__main__":

@@ -133,11 +133,13 @@ def encode_dataset_command(
 
 def _reenact_config(weights: str, face3d: Optional[str], truncation: Optional[float], weights_dir: Optional[Path],
                     device: str, precision: str, batch_size: Optional[int], smoothing: float, fps: Optional[float],
-                    detector: str, grid: bool, paste_back: bool, crf: int) -> ReenactConfig:
+                    detector: str, grid: bool, paste_back: bool, crf: int, tune_steps: int,
+                    tune_lpips_weight: float) -> ReenactConfig:
     return ReenactConfig(weights=weights, face3d=face3d, truncation=truncation,
                          weights_dir=str(weights_dir) if weights_dir else None, device=device, precision=precision,
                          batch_size=batch_size, smoothing=smoothing, fps=fps, detector=detector, grid=grid,
-                         paste_back=paste_back, crf=crf)
+                         paste_back=paste_back, crf=crf, tune_steps=tune_steps,
+                         tune_lpips_weight=tune_lpips_weight)
 
 
 @app.command("reenact-video")
@@ -162,6 +164,8 @@ def reenact_video_command(
     grid: bool = typer.Option(False, help=_ree["grid"].description),
     paste_back: bool = typer.Option(False, help=_ree["paste_back"].description),
     crf: int = typer.Option(18, help=_ree["crf"].description),
+    tune_steps: int = typer.Option(0, help=_ree["tune_steps"].description),
+    tune_lpips_weight: float = typer.Option(1.0, help=_ree["tune_lpips_weight"].description),
 ) -> None:
     """Make the source face perform the driving video's head pose and expression, and write it as an mp4.
 
@@ -174,7 +178,7 @@ def reenact_video_command(
 
     with user_errors():
         config = _reenact_config(weights, face3d, truncation, weights_dir, device, precision, batch_size, smoothing,
-                                 fps, detector, grid, paste_back, crf)
+                                 fps, detector, grid, paste_back, crf, tune_steps, tune_lpips_weight)
         networks_for(config)  # setup problems (unknown set, missing weights) as one line, before the flow starts
         summary = reenact_video(driving=driving, output=str(output), source=source, source_frame=source_frame,
                                 mode=mode, config=config, store=str(store) if store else None, cache=cache)
@@ -207,6 +211,8 @@ def reenact_dataset_command(
     grid: bool = typer.Option(False, help=_ree["grid"].description),
     paste_back: bool = typer.Option(False, help=_ree["paste_back"].description),
     crf: int = typer.Option(18, help=_ree["crf"].description),
+    tune_steps: int = typer.Option(0, help=_ree["tune_steps"].description),
+    tune_lpips_weight: float = typer.Option(1.0, help=_ree["tune_lpips_weight"].description),
     task_runner: str = typer.Option("local", help=_run["kind"].description),
     workers: int = typer.Option(1, help=_run["workers"].description),
     dask_address: Optional[str] = typer.Option(None, help=_run["dask_address"].description),
@@ -221,7 +227,7 @@ def reenact_dataset_command(
 
     with user_errors():
         config = _reenact_config(weights, face3d, truncation, weights_dir, device, precision, batch_size, smoothing,
-                                 fps, detector, grid, paste_back, crf)
+                                 fps, detector, grid, paste_back, crf, tune_steps, tune_lpips_weight)
         networks_for(config)  # setup problems as one line, before the flow starts
         runner = RunnerConfig(kind=task_runner, workers=workers, dask_address=dask_address)
         summary = reenact_dataset(out=str(out), pairs=str(pairs) if pairs else None, store=str(store) if store else None,
@@ -259,6 +265,8 @@ def evaluate_command(
     precision: str = typer.Option("fp32", help=_ree["precision"].description),
     batch_size: Optional[int] = typer.Option(None, help=_ree["batch_size"].description),
     smoothing: float = typer.Option(1.0, help=_ree["smoothing"].description),
+    tune_steps: int = typer.Option(0, help=_ree["tune_steps"].description),
+    tune_lpips_weight: float = typer.Option(1.0, help=_ree["tune_lpips_weight"].description),
     task_runner: str = typer.Option("local", help=_run["kind"].description),
     workers: int = typer.Option(1, help=_run["workers"].description),
     dask_address: Optional[str] = typer.Option(None, help=_run["dask_address"].description),
@@ -281,7 +289,8 @@ def evaluate_command(
             truth=str(truth) if truth else None, fid=fid, linearity=linearity, linearity_sources=linearity_sources,
             samples=samples,
             reenact=ReenactConfig(weights=weights, face3d=face3d, truncation=truncation, weights_dir=weights_path,
-                                  device=device, precision=precision, batch_size=batch_size, smoothing=smoothing),
+                                  device=device, precision=precision, batch_size=batch_size, smoothing=smoothing,
+                                  tune_steps=tune_steps, tune_lpips_weight=tune_lpips_weight),
             metrics=MetricsConfig(identity=embedder, weights_dir=weights_path, device=device))
         check_request(config)  # bad inputs and setup problems as one line, before the flow starts
         measuring_networks(config)

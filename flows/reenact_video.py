@@ -31,6 +31,7 @@ class ReenactSummary(BaseModel):
     config_hash: str
     seconds_render: float
     seconds: float
+    tuning: dict | None = None  # G tuned on the source (tune_steps): steps, seconds, losses before and after
 
     @property
     def frames_per_second(self) -> float:

@@ -47,13 +47,15 @@ class Reenactor(nn.Module):
 
     def shifted_wplus(self, source_wplus: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """The W+ codes G renders: source W+ [B or 1, L, D] moved by A(Δp [B, 15]), then truncated."""
-        wplus = shift_wplus(source_wplus.expand(len(delta), -1, -1), self.directions(delta))
-        if self.truncation < 1:
-            wplus = self.mean_w + self.truncation * (wplus - self.mean_w)
-        return wplus
+        return self.truncate(shift_wplus(source_wplus.expand(len(delta), -1, -1), self.directions(delta)))
 
-    def forward(self, source_wplus: torch.Tensor, source_params: torch.Tensor,
-                driving_params: torch.Tensor) -> torch.Tensor:
-        """Images [B, 3, size, size] of the source with the driving parameters (one source may serve B frames)."""
+    def truncate(self, wplus: torch.Tensor) -> torch.Tensor:
+        """W+ codes moved towards G's mean w by `truncation` (as they are when it is 1)."""
+        return self.mean_w + self.truncation * (wplus - self.mean_w) if self.truncation < 1 else wplus
+
+    def forward(self, source_wplus: torch.Tensor, source_params: torch.Tensor, driving_params: torch.Tensor,
+                generator: Generator | None = None) -> torch.Tensor:
+        """Images [B, 3, size, size] of the source with the driving parameters (one source may serve B frames);
+        `generator`: a G tuned to this source (`training.tune_generator`) instead of the shared one."""
         wplus = self.shifted_wplus(source_wplus, self.delta_p(source_params, driving_params))
-        return self.generator.synthesis(wplus).image
+        return (generator or self.generator).synthesis(wplus).image

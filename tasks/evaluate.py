@@ -309,7 +309,7 @@ def evaluate_pair(pair: ReenactPair, protocol: str, config: EvaluateConfig, samp
 def generate(source: SourceFace, driving_params: np.ndarray, config: ReenactConfig) -> np.ndarray:
     """uint8 [N, S, S, 3]: the source with each row of driving parameters, in the reenactment's batches."""
     networks = networks_for(config)
-    size = networks.batch_size
+    size = networks.batch_size(config)
     return np.concatenate([networks.generate(source, driving_params[start:start + size])
                            for start in range(0, len(driving_params), size)])
 
@@ -434,7 +434,7 @@ def linearity_tables(config: EvaluateConfig, clips: list[ClipKey]) -> tuple[pd.D
     sweep = sweep_directions(reenactor.generator, reenactor.directions, networks.encoders.face3d,
                              torch.as_tensor(wplus, device=networks.device), reenactor.ranges,
                              config.linearity_magnitudes, config.linearity_directions, reenactor.shift_scale,
-                             batch_size=networks.batch_size)
+                             batch_size=networks.batch_size(config.reenact))
     sweep.insert(3, "source_clip", [f"{CLIP_PREFIX}{keys[index]}" for index in sweep["source"]])
     fits = fit_linearity(sweep).set_index("direction").reindex(config.linearity_directions).reset_index()
     fits["points"] = fits["points"].fillna(0).astype(int)

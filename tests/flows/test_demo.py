@@ -24,13 +24,16 @@ def test_the_demo_set_ships_in_the_repository_with_its_provenance(tmp_path):
 
 def test_demo_reenacts_a_synthetic_source_and_a_real_photo(demo_run):
     out, output = demo_run
-    for name in ("synthetic.mp4", "photo.mp4"):
+    for name in ("synthetic.mp4", "photo.mp4", "photo-tuned.mp4"):
         video = out / "videos" / name
         assert name in output
         info = probe(video)
         assert info.frames == 75 and info.width == 3 * 256 and info.height == 256  # source | driving | result
         assert read_frame(video, 40)[:, 512:].std() > 10  # a picture, not a flat frame
     assert (out / "synthetic" / "truth.parquet").is_file()
+    # G tuned on the photo keeps more of it than G as it is (the result panel vs the source panel)
+    photo, tuned = (read_frame(out / "videos" / name, 0).astype(float) for name in ("photo.mp4", "photo-tuned.mp4"))
+    assert abs(tuned[:, 512:] - tuned[:, :256]).mean() < 0.8 * abs(photo[:, 512:] - photo[:, :256]).mean()
 
 
 @pytest.mark.slow
