@@ -10,7 +10,8 @@ official files, so loading and every code path are the real ones. The driving vi
 back and forth to the asked length (25 fps, with audio); the source is a bundled photograph.
 
 Printed, per device and precision:
-  * G + A alone: frames/s per batch size, and the ratio to batch 1 measured in the same process;
+  * G + A alone: frames/s per batch size, and the ratio to batch 1 measured in the same process; then with a
+    Feature Transformer at 32 px (random, the official G's 512 channels), and its cost as a ratio to G + A;
   * the whole flow on a `--seconds` driver: seconds per stage (driving track, source, render + encode), frames/s
     end to end and of the render stage, at batch 1 and the best batch of the G + A sweep, and their ratio;
   * tuning G on the source (`--tune-steps`, fp32 whatever the precision): ms per step on pixels alone and with
@@ -74,18 +75,28 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def generator_sweep(config, batch_sizes: list[int], repeats: int) -> list[dict]:
-    """Frames/s of G + A on random source codes and parameters, per batch size (after one warm-up call)."""
+def generator_sweep(config, batch_sizes: list[int], repeats: int, refine: bool = False) -> list[dict]:
+    """Frames/s of G + A on random source codes and parameters, per batch size (after one warm-up call); with
+    `refine`, through a random Feature Transformer at 32 px as well."""
     import torch
 
+    from models.feature_transformer import FeatureTransformer
+    from models.reenact import Reenactor
     from tasks.reenact import networks_for
 
     networks = networks_for(config)
     device = str(networks.device)
     reenactor = networks.reenactor
+    generator = reenactor.generator
+    image = None
+    if refine:
+        transformer = FeatureTransformer(generator.channels[32], 32, generator.size).to(device).eval()
+        reenactor = Reenactor(generator, reenactor.directions, reenactor.ranges, reenactor.shift_scale,
+                              reenactor.truncation, transformer=transformer).to(device)
+        image = torch.zeros(1, 3, generator.size, generator.size, device=device)
     rows = []
     for batch in batch_sizes:
-        wplus = torch.randn(1, reenactor.generator.n_latent, reenactor.generator.style_dim, device=device)
+        wplus = torch.randn(1, generator.n_latent, generator.style_dim, device=device)
         source = torch.zeros(1, 15, device=device)
         driving = torch.randn(batch, 15, device=device)
         times = []
@@ -93,7 +104,7 @@ def generator_sweep(config, batch_sizes: list[int], repeats: int) -> list[dict]:
             for attempt in range(repeats + 1):
                 sync(device)
                 started = time.perf_counter()
-                reenactor(wplus, source, driving)
+                reenactor(wplus, source, driving, source_image=image)
                 sync(device)
                 if attempt:  # the first call warms up kernels and caches
                     times.append(time.perf_counter() - started)
@@ -219,6 +230,11 @@ def main() -> None:
         for row in sweep:
             print(f"  batch {row['batch']:4d}: {row['ms_per_batch']:9.1f} ms/batch  {row['frames_per_s']:8.1f} frames/s"
                   f"  x{row['frames_per_s'] / base:.2f} vs batch {sweep[0]['batch']}")
+        refined = generator_sweep(config, batch_sizes, arguments.repeats, refine=True)
+        print(f"[{precision}] G + A + Feature Transformer (32 px)")
+        for row, plain in zip(refined, sweep):
+            print(f"  batch {row['batch']:4d}: {row['ms_per_batch']:9.1f} ms/batch  {row['frames_per_s']:8.1f} frames/s"
+                  f"  x{row['frames_per_s'] / plain['frames_per_s']:.2f} vs G + A")
         best = max(sweep, key=lambda row: row["frames_per_s"])["batch"]
         print(f"[{precision}] whole flow on the {seconds:g} s driver")
         runs = {}

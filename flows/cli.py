@@ -131,15 +131,21 @@ def encode_dataset_command(
         raise typer.Exit(code=1 if summary.failed == summary.clips else 0)
 
 
+# options the reenacting commands share, declared once
+FEATURE_TRANSFORMER_OPTION = typer.Option(None, help=_ree["feature_transformer"].description)
+TUNE_STEPS_OPTION = typer.Option(0, help=_ree["tune_steps"].description)
+TUNE_LPIPS_WEIGHT_OPTION = typer.Option(1.0, help=_ree["tune_lpips_weight"].description)
+
+
 def _reenact_config(weights: str, face3d: Optional[str], truncation: Optional[float], weights_dir: Optional[Path],
                     device: str, precision: str, batch_size: Optional[int], smoothing: float, fps: Optional[float],
-                    detector: str, grid: bool, paste_back: bool, crf: int, tune_steps: int,
-                    tune_lpips_weight: float) -> ReenactConfig:
+                    detector: str, grid: bool, paste_back: bool, crf: int, feature_transformer: Optional[str],
+                    tune_steps: int, tune_lpips_weight: float) -> ReenactConfig:
     return ReenactConfig(weights=weights, face3d=face3d, truncation=truncation,
                          weights_dir=str(weights_dir) if weights_dir else None, device=device, precision=precision,
                          batch_size=batch_size, smoothing=smoothing, fps=fps, detector=detector, grid=grid,
-                         paste_back=paste_back, crf=crf, tune_steps=tune_steps,
-                         tune_lpips_weight=tune_lpips_weight)
+                         paste_back=paste_back, crf=crf, feature_transformer=feature_transformer,
+                         tune_steps=tune_steps, tune_lpips_weight=tune_lpips_weight)
 
 
 @app.command("reenact-video")
@@ -164,8 +170,9 @@ def reenact_video_command(
     grid: bool = typer.Option(False, help=_ree["grid"].description),
     paste_back: bool = typer.Option(False, help=_ree["paste_back"].description),
     crf: int = typer.Option(18, help=_ree["crf"].description),
-    tune_steps: int = typer.Option(0, help=_ree["tune_steps"].description),
-    tune_lpips_weight: float = typer.Option(1.0, help=_ree["tune_lpips_weight"].description),
+    feature_transformer: Optional[str] = FEATURE_TRANSFORMER_OPTION,
+    tune_steps: int = TUNE_STEPS_OPTION,
+    tune_lpips_weight: float = TUNE_LPIPS_WEIGHT_OPTION,
 ) -> None:
     """Make the source face perform the driving video's head pose and expression, and write it as an mp4.
 
@@ -178,7 +185,8 @@ def reenact_video_command(
 
     with user_errors():
         config = _reenact_config(weights, face3d, truncation, weights_dir, device, precision, batch_size, smoothing,
-                                 fps, detector, grid, paste_back, crf, tune_steps, tune_lpips_weight)
+                                 fps, detector, grid, paste_back, crf, feature_transformer, tune_steps,
+                                 tune_lpips_weight)
         networks_for(config)  # setup problems (unknown set, missing weights) as one line, before the flow starts
         summary = reenact_video(driving=driving, output=str(output), source=source, source_frame=source_frame,
                                 mode=mode, config=config, store=str(store) if store else None, cache=cache)
@@ -211,8 +219,9 @@ def reenact_dataset_command(
     grid: bool = typer.Option(False, help=_ree["grid"].description),
     paste_back: bool = typer.Option(False, help=_ree["paste_back"].description),
     crf: int = typer.Option(18, help=_ree["crf"].description),
-    tune_steps: int = typer.Option(0, help=_ree["tune_steps"].description),
-    tune_lpips_weight: float = typer.Option(1.0, help=_ree["tune_lpips_weight"].description),
+    feature_transformer: Optional[str] = FEATURE_TRANSFORMER_OPTION,
+    tune_steps: int = TUNE_STEPS_OPTION,
+    tune_lpips_weight: float = TUNE_LPIPS_WEIGHT_OPTION,
     task_runner: str = typer.Option("local", help=_run["kind"].description),
     workers: int = typer.Option(1, help=_run["workers"].description),
     dask_address: Optional[str] = typer.Option(None, help=_run["dask_address"].description),
@@ -227,7 +236,8 @@ def reenact_dataset_command(
 
     with user_errors():
         config = _reenact_config(weights, face3d, truncation, weights_dir, device, precision, batch_size, smoothing,
-                                 fps, detector, grid, paste_back, crf, tune_steps, tune_lpips_weight)
+                                 fps, detector, grid, paste_back, crf, feature_transformer, tune_steps,
+                                 tune_lpips_weight)
         networks_for(config)  # setup problems as one line, before the flow starts
         runner = RunnerConfig(kind=task_runner, workers=workers, dask_address=dask_address)
         summary = reenact_dataset(out=str(out), pairs=str(pairs) if pairs else None, store=str(store) if store else None,
@@ -265,8 +275,9 @@ def evaluate_command(
     precision: str = typer.Option("fp32", help=_ree["precision"].description),
     batch_size: Optional[int] = typer.Option(None, help=_ree["batch_size"].description),
     smoothing: float = typer.Option(1.0, help=_ree["smoothing"].description),
-    tune_steps: int = typer.Option(0, help=_ree["tune_steps"].description),
-    tune_lpips_weight: float = typer.Option(1.0, help=_ree["tune_lpips_weight"].description),
+    feature_transformer: Optional[str] = FEATURE_TRANSFORMER_OPTION,
+    tune_steps: int = TUNE_STEPS_OPTION,
+    tune_lpips_weight: float = TUNE_LPIPS_WEIGHT_OPTION,
     task_runner: str = typer.Option("local", help=_run["kind"].description),
     workers: int = typer.Option(1, help=_run["workers"].description),
     dask_address: Optional[str] = typer.Option(None, help=_run["dask_address"].description),
@@ -290,7 +301,8 @@ def evaluate_command(
             samples=samples,
             reenact=ReenactConfig(weights=weights, face3d=face3d, truncation=truncation, weights_dir=weights_path,
                                   device=device, precision=precision, batch_size=batch_size, smoothing=smoothing,
-                                  tune_steps=tune_steps, tune_lpips_weight=tune_lpips_weight),
+                                  feature_transformer=feature_transformer, tune_steps=tune_steps,
+                                  tune_lpips_weight=tune_lpips_weight),
             metrics=MetricsConfig(identity=embedder, weights_dir=weights_path, device=device))
         check_request(config)  # bad inputs and setup problems as one line, before the flow starts
         measuring_networks(config)
@@ -437,6 +449,11 @@ _training_command(
     "train-directions", "flows.train_directions:train_directions", "training.directions:DirectionsTrainingConfig",
     "generator=outputs/train-generator/generator.safetensors synthetic_steps=2000 real_steps=0 paired_steps=1000",
     "Train the direction matrix A (G and the Net3D frozen) in the paper's synthetic, real and paired phases.")
+_training_command(
+    "train-feature-transformer", "flows.train_feature_transformer:train_feature_transformer",
+    "training.feature_transformer:FeatureTransformerTrainingConfig",
+    "generator=runs/g/generator.safetensors directions=runs/a/directions.safetensors steps=5000",
+    "Train the Feature Transformer (G, the codes and A frozen) on two frames of one clip of an encoded store.")
 
 
 

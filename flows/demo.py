@@ -30,7 +30,7 @@ from tasks.synthesize import SynthConfig
 
 DEMO_WORLD = SynthConfig(identities=3, videos_per_identity=1, clips_per_video=1, min_seconds=3, max_seconds=3,
                          seed=7)  # the demo weights were trained on the world of seed 1
-DEMO_TUNING = {"tune_steps": 100, "tune_lpips_weight": 0.0}  # pixel L2 from 0.18 to 0.02 on the photo, a few seconds
+DEMO_TUNING = {"tune_steps": 100, "tune_lpips_weight": 0.0}  # pixels alone (AlexNet cannot ship); a few seconds
 
 
 class DemoSummary(BaseModel):

@@ -32,6 +32,7 @@ class ReenactSummary(BaseModel):
     seconds_render: float
     seconds: float
     tuning: dict | None = None  # G tuned on the source (tune_steps): steps, seconds, losses before and after
+    feature_transformer: str | None = None  # what refined G's features (None: G alone)
 
     @property
     def frames_per_second(self) -> float:

@@ -3,11 +3,12 @@
     make-synthetic-dataset (training world, seed 1)  ->  preprocess-dataset  ->  train-generator (a GAN)
         ->  train-encoder (with G's synthesis network as its decoder, from the GAN: the demo G)
         ->  encode-dataset (synth-regressor + the new encoder)  ->  train-directions (paired phase)
+        ->  train-feature-transformer (G and A frozen, two frames of one clip)
         ->  held-out world (seed 2): `evaluate` cross-reenactment against the TRUE parameters  ->  provenance.json
 
 Each stage's settings are `training/configs/demo-<stage>.yaml`, with the store, run folders and weights of `work`.
 Every stage resumes or skips what it finished, so a stopped recipe continues where it was. With `install`, the
-three fp16 safetensors and the provenance file are copied into `models/data/demo/`, where the weights registry
+four fp16 safetensors and the provenance file are copied into `models/data/demo/`, where the weights registry
 finds the `demo` set when the weights directory has none of its own.
 """
 
@@ -29,10 +30,11 @@ from flows.make_synthetic_dataset import make_synthetic_dataset
 from flows.preprocess_dataset import preprocess_dataset
 from flows.train_directions import train_directions
 from flows.train_encoder import train_encoder
+from flows.train_feature_transformer import train_feature_transformer
 from flows.train_generator import train_generator
 from storage.files import atomic_path, sha256_file
 from storage.settings import PROJECT_ROOT
-from storage.weights import BUNDLED_DIR, WEIGHT_FILES
+from storage.weights import BUNDLED_DIR, WEIGHT_FILES, WEIGHT_SETS
 from flows.evaluate import evaluate
 from tasks.encode import EncodeConfig
 from tasks.evaluate import SUMMARY_FILE, EvaluateConfig
@@ -44,6 +46,7 @@ from training.common.config import load_config
 from training.common.loop import TrainingSummary
 from training.directions import DirectionsTrainingConfig
 from training.encoder import EncoderTrainingConfig
+from training.feature_transformer import FeatureTransformerTrainingConfig
 from training.generator import GeneratorTrainingConfig
 
 CONFIGS = PROJECT_ROOT / "training" / "configs"
@@ -60,7 +63,7 @@ HELDOUT_FIGURES = {  # provenance name -> evaluate's frame metric (cross protoco
 
 
 class DemoWeightsSummary(BaseModel):
-    weights_dir: str  # <work>/weights, holding demo/{generator,encoder,directions}.safetensors
+    weights_dir: str  # <work>/weights, holding demo/{generator,encoder,directions,feature_transformer}.safetensors
     provenance: str
     installed: str | None  # models/data/demo when installed
     heldout: dict[str, float]
@@ -86,11 +89,16 @@ def train_demo_weights(work: str = "outputs/demo-weights", install: bool = False
     directions = train_directions(config=_stage_config(DirectionsTrainingConfig, "directions", store, root,
                                                        generator=decoder, weights_dir=str(weights)))
     _install_file(directions.export, weights, "demo-directions")
+    transformer = train_feature_transformer(config=_stage_config(
+        FeatureTransformerTrainingConfig, "feature-transformer", store, root, generator=decoder,
+        directions=directions.export, weights_dir=str(weights)))
+    _install_file(transformer.export, weights, "demo-feature-transformer")
 
     heldout = heldout_figures(heldout_evaluation(root, str(weights)))
 
     provenance = write_provenance(weights / "demo" / PROVENANCE, {
-        "generator": generator, "encoder": encoder, "directions": directions}, heldout, weights)
+        "generator": generator, "encoder": encoder, "directions": directions, "feature_transformer": transformer},
+        heldout, weights)
     installed = _install_bundle(weights / "demo") if install else None
     summary = DemoWeightsSummary(weights_dir=str(weights), provenance=str(provenance), installed=installed,
                                  heldout={k: v for k, v in heldout.items() if isinstance(v, float)})
@@ -156,7 +164,7 @@ def write_provenance(path: Path, runs: dict[str, TrainingSummary], heldout: dict
         "heldout": heldout,
         "files": {name: {"file": WEIGHT_FILES[name].filename, "bytes": (weights / WEIGHT_FILES[name].filename).stat().st_size,
                          "sha256": sha256_file(weights / WEIGHT_FILES[name].filename)}
-                  for name in ("demo-generator", "demo-encoder", "demo-directions")},
+                  for name in WEIGHT_SETS["demo"]},
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
                     "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},
     }

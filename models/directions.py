@@ -80,6 +80,12 @@ class ParamRanges:
         return cls(np.load(path).astype(np.float64))
 
     @classmethod
+    def of_directions(cls, entries: Mapping[str, Any]) -> ParamRanges:
+        """The table a directions file's entries carry (`ranges`: the project's A records the table of its own
+        Net3D), else the official one (the released A_matrix.pt has none)."""
+        return cls(np.asarray(entries["ranges"], np.float64)) if "ranges" in entries else cls.load()
+
+    @classmethod
     def measure(cls, params: np.ndarray, quantiles: tuple[float, float] = (0.0, 1.0)) -> ParamRanges:
         """The table of a dataset: per parameter, the [low, high] quantiles of face parameters [N, 15] in
         `PARAM_NAMES` order. (0, 1) is min and max, as the official `extract_statistics` takes them; narrower

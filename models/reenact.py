@@ -8,6 +8,8 @@
 layers 0..7 (`shift_wplus`), so layers 8..13 keep the source's appearance. The official inference then renders the
 shifted code with truncation 0.7 towards G's mean w (`truncation`; 1 renders the code as it is). G uses its stored
 noise maps, the same for every frame, so frames do not shimmer (the official inference draws fresh noise per frame).
+With a Feature Transformer (`models.feature_transformer`) and the source crop, G's intermediate features are
+refined with the source's detail before G finishes the image.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from torch import nn
 
 from models.directions import SHIFT_SCALE, DirectionMatrix, FaceParams, ParamRanges, delta_p, shift_wplus
+from models.feature_transformer import FeatureTransformer
 from models.stylegan2 import Generator
 
 
@@ -23,14 +26,18 @@ class Reenactor(nn.Module):
     """G and A with the ranges table that maps face parameters to A's units."""
 
     def __init__(self, generator: Generator, directions: DirectionMatrix, ranges: ParamRanges,
-                 shift_scale: float = SHIFT_SCALE, truncation: float = 1.0, mean_samples: int = 4096):
+                 shift_scale: float = SHIFT_SCALE, truncation: float = 1.0, mean_samples: int = 4096,
+                 transformer: FeatureTransformer | None = None):
         super().__init__()
+        if transformer is not None:
+            transformer.block(generator)  # fits G, or a clear error
         if directions.w_plus and directions.num_layers > generator.n_latent:
             raise ValueError(f"A shifts {directions.num_layers} W+ layers; G has {generator.n_latent}")
         if not 0 < truncation <= 1:
             raise ValueError(f"truncation must be in (0, 1], got {truncation}")
         self.generator = generator
         self.directions = directions
+        self.transformer = transformer
         self.ranges = ranges
         self.shift_scale = shift_scale
         self.truncation = truncation
@@ -54,8 +61,15 @@ class Reenactor(nn.Module):
         return self.mean_w + self.truncation * (wplus - self.mean_w) if self.truncation < 1 else wplus
 
     def forward(self, source_wplus: torch.Tensor, source_params: torch.Tensor, driving_params: torch.Tensor,
-                generator: Generator | None = None) -> torch.Tensor:
-        """Images [B, 3, size, size] of the source with the driving parameters (one source may serve B frames);
-        `generator`: a G tuned to this source (`training.tune_generator`) instead of the shared one."""
+                generator: Generator | None = None, source_image: torch.Tensor | None = None,
+                refine: nn.Module | None = None) -> torch.Tensor:
+        """Images [B, 3, size, size] of the source with the driving parameters (one source may serve B frames).
+
+        generator: a G tuned to this source (`training.tune_generator`) instead of the shared one. source_image:
+        the source crop at G's size [1 or B, 3, S, S] in [-1, 1]; with it and a Feature Transformer, G's features
+        are refined with the source's detail (`refine`: the transformer's DDP wrapper when training)."""
         wplus = self.shifted_wplus(source_wplus, self.delta_p(source_params, driving_params))
-        return (generator or self.generator).synthesis(wplus).image
+        generator = generator or self.generator
+        if self.transformer is not None and source_image is not None:
+            return self.transformer.render(generator, self.truncate(source_wplus), wplus, source_image, refine)
+        return generator.synthesis(wplus).image

@@ -285,8 +285,9 @@ class Generator(nn.Module):
         k >= 1  4 * 2**k     convs[2k-2] (up), convs[2k-1], to_rgbs[k-1]  2k-1, 2k, 2k+1    2k-1, 2k
 
     (a ToRGB shares its W+ layer with the first convolution of the next block). `synthesis(..., return_features=True)`
-    gives block k's `BlockOutput` as `features[k]`; `synthesis(..., start_from=(k, features, skip))` skips blocks
-    0..k and continues from those tensors, so editing them edits the image from resolution 4 * 2**k on.
+    gives block k's `BlockOutput` as `features[k]`; `synthesis(..., until=k)` stops after block k (its image is
+    the RGB skip so far, at 4 * 2**k); `synthesis(..., start_from=(k, features, skip))` skips blocks 0..k and
+    continues from those tensors, so editing them edits the image from resolution 4 * 2**k on.
     """
 
     def __init__(self, size: int, style_dim: int, n_mlp: int, channel_multiplier: int = 2,
@@ -385,12 +386,14 @@ class Generator(nn.Module):
 
     def synthesis(self, wplus: torch.Tensor, noise: Sequence[torch.Tensor | None] | None = None,
                   randomize_noise: bool = False, return_features: bool = False,
-                  start_from: tuple[int, torch.Tensor, torch.Tensor] | None = None) -> Synthesis:
+                  start_from: tuple[int, torch.Tensor, torch.Tensor] | None = None,
+                  until: int | None = None) -> Synthesis:
         """The image for W+ [B, n_latent, style_dim].
 
         noise: one map (or None for fresh noise) per noise layer; by default the stored maps, or fresh ones with
         `randomize_noise`. return_features: keep every block's `BlockOutput` (see the class docstring).
         start_from: (k, features, skip) = the output of block k to continue from; blocks 0..k are not run.
+        until: the last block to run (default: all); the image is then block `until`'s RGB skip.
         """
         noise = self._noise_maps(noise, randomize_noise)
         first, previous = 0, None
@@ -399,8 +402,11 @@ class Generator(nn.Module):
             if not 0 <= block < self.num_blocks:
                 raise ValueError(f"start_from block must be in [0, {self.num_blocks - 1}], got {block}")
             first, previous = block + 1, BlockOutput(features, skip)
+        if until is not None and not first <= until < self.num_blocks:
+            raise ValueError(f"until must be in [{first}, {self.num_blocks - 1}], got {until}")
+        last = self.num_blocks - 1 if until is None else until
         outputs = {}
-        for k in range(first, self.num_blocks):
+        for k in range(first, last + 1):
             previous = self._block(k, previous, wplus, noise)
             if return_features:
                 outputs[k] = previous

@@ -84,6 +84,7 @@ class WeightFile:
 _GENERATOR_256 = {"size": 256, "style_dim": 512, "n_mlp": 8, "channel_multiplier": 1}
 _E4E_256 = {"num_layers": 50, "mode": "ir_se", "size": 256}
 _DIRECTIONS = {"shift_dim": 512, "input_dim": 15, "w_plus": True, "num_layers": 8, "bias": True}
+_FEATURE_TRANSFORMER_256 = {"channels": 512, "resolution": 32, "image_size": 256, "hidden": 64}  # files record theirs
 # A's sizes as the official checkpoint records them (`shift_dim` only in the released file, not in training saves)
 _DIRECTIONS_FROM_ENTRIES = {"shift_dim": "shift_dim", "input_dim": "learned_directions", "w_plus": "w_plus",
                             "num_layers": "num_layers_shift"}
@@ -167,6 +168,19 @@ WEIGHT_FILES: dict[str, WeightFile] = {entry.name: entry for entry in (
                      "--config training/configs/demo-directions.yaml", bundled=True,
         builder="models.directions:DirectionMatrix", config=_DIRECTIONS, config_from_entries=_DIRECTIONS_FROM_ENTRIES),
     WeightFile(
+        "demo-feature-transformer", "demo/feature_transformer.safetensors",
+        "the project's Feature Transformer for the demo generator (refines G's 32 px features with the source's detail)",
+        where_to_get="ships in the repository (models/data/demo/); retrain with `reenact train-feature-transformer` "
+                     "--config training/configs/demo-feature-transformer.yaml", bundled=True,
+        builder="models.feature_transformer:FeatureTransformer", config=_FEATURE_TRANSFORMER_256),
+    WeightFile(
+        "feature-transformer-voxceleb256", "feature_transformer.safetensors",
+        "a Feature Transformer for the official G (optional: --feature-transformer feature-transformer-voxceleb256)",
+        where_to_get="the official release has none: train one with `reenact train-feature-transformer` "
+                     "generator=stylegan2-voxceleb256 directions=directions-voxceleb256 face3d=deca truncation=0.7 "
+                     "on an encoded VoxCeleb store, and put its export here",
+        builder="models.feature_transformer:FeatureTransformer", config=_FEATURE_TRANSFORMER_256),
+    WeightFile(
         "lpips-alexnet", "alexnet-owt-7be5be79.pth",
         "torchvision's ImageNet AlexNet, the LPIPS trunk (read by models.metrics.lpips; also found in torch hub's "
         "checkpoints folder); LPIPS's v0.1 heads ship in the lpips wheel",
@@ -183,7 +197,7 @@ WEIGHT_FILES: dict[str, WeightFile] = {entry.name: entry for entry in (
 WEIGHT_SETS: dict[str, tuple[str, ...]] = {
     "voxceleb256": ("stylegan2-voxceleb256", "e4e-voxceleb256", "directions-voxceleb256", "arcface-ir-se50", "deca",
                     "flame", "flame-landmark-embedding"),
-    "demo": ("demo-generator", "demo-encoder", "demo-directions"),
+    "demo": ("demo-generator", "demo-encoder", "demo-directions", "demo-feature-transformer"),
 }
 
 
@@ -194,6 +208,7 @@ class ReenactionSet:
     A's [min, max] table (the map of that Net3D's jaw and expressions to A's units) travels in the directions file
     as its `ranges` entry; the official A_matrix.pt has none and uses the official table that ships with the code.
     `truncation`: what the set's own inference renders with (the official one: 0.7 towards G's mean w).
+    `feature_transformer`: the Feature Transformer reenactment uses by default (None: G alone).
     """
 
     generator: str
@@ -201,12 +216,14 @@ class ReenactionSet:
     directions: str
     face3d: str
     truncation: float = 1.0
+    feature_transformer: str | None = None
 
 
 REENACTION_SETS: dict[str, ReenactionSet] = {
     "voxceleb256": ReenactionSet("stylegan2-voxceleb256", "e4e-voxceleb256", "directions-voxceleb256", face3d="deca",
                                  truncation=0.7),
-    "demo": ReenactionSet("demo-generator", "demo-encoder", "demo-directions", face3d="synth-regressor"),
+    "demo": ReenactionSet("demo-generator", "demo-encoder", "demo-directions", face3d="synth-regressor",
+                          feature_transformer="demo-feature-transformer"),
 }
 
 
@@ -291,6 +308,21 @@ class WeightsRegistry:
                              f"use registry.path({name!r}) -> {self.root / entry.filename}")
         loaded = self.load_state(name)
         return build_loaded(entry.builder, loaded).to(device).eval(), loaded.entries
+
+    def load_spec(self, spec: str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+        """`load` of a registry name, or of a .safetensors file exported by a training stage (its metadata holds
+        the builder and constructor arguments): what options that take "a name or a file" read."""
+        if spec in WEIGHT_FILES:
+            return self.load(spec, device)
+        path = Path(spec)
+        if path.suffix != ".safetensors" or not path.is_file():
+            raise FileNotFoundError(f"{spec!r} is neither a weights-registry name ({', '.join(WEIGHT_FILES)}) nor "
+                                    f"a .safetensors file")
+        state, metadata = load_safetensors(path)
+        if "builder" not in metadata:
+            raise CheckpointKeysError(f"{path} does not say which network it holds (no 'builder' in its metadata)")
+        loaded = LoadedWeights(state, metadata.get("entries", {}), metadata.get("config", {}), path)
+        return build_loaded(metadata["builder"], loaded).to(device).eval(), loaded.entries
 
     def status(self, weights_set: str | None = None) -> list[dict[str, Any]]:
         """One row per file (of one set, or all): name, path, present, size, sha256_ok (None: no hash pinned)."""

@@ -49,7 +49,7 @@ from models.temporal import false_runs, gaussian_smooth, last_true
 from storage.inputs import ClipSource, clip_key_for
 from storage.store import ClipKey, ClipReader, ClipStore
 from storage.video import VideoError, VideoReader, VideoWriter, probe, read_frame, sha256_file
-from storage.weights import WeightsRegistry, reenaction_set
+from storage.weights import WEIGHT_FILES, WeightsRegistry, reenaction_set
 from tasks.encode import _AUTOCAST, FACE3D, INVERSION, EncodeConfig, Precision, encode_clip, encoders_for
 from tasks.preprocess import (NoFaceError, PreprocessConfig, analyse_faces, decode_batch_size, detector_for,
                               preprocess_clip)
@@ -74,6 +74,7 @@ class ReenactConfig(BaseModel):
     weights: str = Field("voxceleb256", description="Weights set: 'voxceleb256' (the official release) or 'demo' (the project's small networks).")
     face3d: str | None = Field(None, description="Net3D backend that reads pose and expression; default: the one the set's A was trained with (deca for voxceleb256, synth-regressor for demo).")
     truncation: float | None = Field(None, gt=0, le=1, description="Truncation of the shifted W+ towards G's mean w; default: the set's (0.7 as the official inference for voxceleb256, 1 = none for demo).")
+    feature_transformer: str | None = Field(None, description="Feature Transformer that refines G's features with the source's detail: a registry name or a train-feature-transformer .safetensors export; 'none' = G alone. Default: the set's (demo-feature-transformer for demo; none for voxceleb256, whose official release has none).")
     weights_dir: str | None = Field(None, description="Weights directory (default: $REENACT_WEIGHTS_DIR, else weights/).")
     device: str = Field("auto", description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
     precision: Precision = Field("fp32", description="Arithmetic of the networks on a GPU: fp32, bf16 or fp16 (CPU always runs fp32).")
@@ -117,18 +118,30 @@ class ReenactNetworks:
         generator = registry.get(weights.generator, self.device)
         directions, entries = registry.load(weights.directions, self.device)
         # the demo directions carry the table of their own Net3D; the official file uses the official table
-        ranges = ParamRanges(np.asarray(entries["ranges"], np.float64)) if "ranges" in entries else ParamRanges.load()
+        ranges = ParamRanges.of_directions(entries)
         truncation = config.truncation if config.truncation is not None else weights.truncation
+        self.feature_transformer = config.feature_transformer or weights.feature_transformer
+        if self.feature_transformer == "none":
+            self.feature_transformer = None
+        transformer = registry.load_spec(self.feature_transformer, self.device)[0] if self.feature_transformer \
+            else None
         self.reenactor = Reenactor(generator, directions, ranges, float(entries.get("shift_scale", SHIFT_SCALE)),
-                                   truncation).eval()
+                                   truncation, transformer=transformer).eval()
         self.weights_sha256 = {name: registry.sha256(name)
                                for name in (weights.generator, weights.encoder, weights.directions)}
+        if self.feature_transformer:
+            self.weights_sha256[self.feature_transformer] = registry.sha256(self.feature_transformer) \
+                if self.feature_transformer in WEIGHT_FILES else sha256_file(Path(self.feature_transformer))
         self._perceptual = None  # LPIPS for tuning G on a source, loaded on first use
 
     def batch_size(self, config: ReenactConfig) -> int:
         """Frames G draws at once: the config's, else 32 on a GPU and 1 on a CPU (where that runs fastest). Configs
         that differ only in batch size share these networks, so the rule reads the caller's."""
         return config.batch_size or (32 if self.device.type == "cuda" else 1)
+
+    def _at_generator_size(self, crop: np.ndarray) -> torch.Tensor:
+        """A uint8 crop [S, S, 3] as G's image [1, 3, size, size] in [-1, 1] on the networks' device."""
+        return resize_to(to_signed(crop[None], self.device), self.reenactor.generator.size)
 
     def perceptual(self):
         """LPIPS (AlexNet v0.1) for tuning G on a source, loaded on first use from the weights directory."""
@@ -150,8 +163,9 @@ class ReenactNetworks:
         wplus = torch.as_tensor(source.wplus[None], dtype=torch.float32, device=self.device)
         params = torch.as_tensor(source.params[None], dtype=torch.float32, device=self.device)
         driving = torch.as_tensor(driving_params, dtype=torch.float32, device=self.device)
+        source_image = self._at_generator_size(source.crop) if self.reenactor.transformer is not None else None
         with self._autocast():
-            images = self.reenactor(wplus, params, driving, generator=source.generator)
+            images = self.reenactor(wplus, params, driving, generator=source.generator, source_image=source_image)
         return to_pixels(resize_to(images.float(), CROP_SIZE))  # a small G (the demo's 64 px) fills the crop
 
     def tuned(self, source: SourceFace, config: ReenactConfig) -> SourceFace:
@@ -162,10 +176,13 @@ class ReenactNetworks:
         generator = self.reenactor.generator
         with torch.no_grad():
             code = self.reenactor.truncate(torch.as_tensor(source.wplus[None], device=self.device))
-            target = resize_to(to_signed(source.crop[None], self.device), generator.size)
+            target = self._at_generator_size(source.crop)
+        transformer = self.reenactor.transformer
+        render = (lambda network: transformer.render(network, code, code, target)) if transformer is not None \
+            else None  # with a Feature Transformer, tune what reenactment draws: G and the transformer on top
         tuning = GeneratorTuningConfig(steps=config.tune_steps, lpips_weight=config.tune_lpips_weight)
         tuned, report = tune_generator(generator, code, target, tuning,
-                                       self.perceptual() if tuning.lpips_weight else None)
+                                       self.perceptual() if tuning.lpips_weight else None, render)
         log.info("G tuned on %s in %.1f s: %s", source.name, report["seconds"],
                  ", ".join(f"{term} {report['before'][term]:.4f} -> {value:.4f}"
                            for term, value in report["after"].items()))
@@ -187,7 +204,8 @@ _networks: dict[str, ReenactNetworks] = {}
 def networks_for(config: ReenactConfig) -> ReenactNetworks:
     """One set of networks per process and config (threads share them: inference only), with what this config needs
     beyond them loaded too (LPIPS when G is tuned), so that a missing file fails here, before any video is read."""
-    key = config.model_dump_json(include={"weights", "face3d", "truncation", "weights_dir", "device", "precision"})
+    key = config.model_dump_json(include={"weights", "face3d", "truncation", "feature_transformer", "weights_dir",
+                                          "device", "precision"})
     with _lock:
         if key not in _networks:
             _networks[key] = ReenactNetworks(config)
@@ -488,6 +506,7 @@ def render_video(source: SourceFace, driving: DrivingTrack, output: str | Path, 
         "source_from_store": source.from_store, "driving_from_store": driving.clip is not None,
         "frames_without_face": int((~driving.read).sum()), "stretches_without_face": false_runs(driving.read),
         "weights": config.weights, "face3d": networks.encode_config.face3d, "device": str(networks.device),
+        "feature_transformer": networks.feature_transformer,
         "config_hash": config.output_hash(), "seconds_render": time.perf_counter() - started,
         "tuning": source.tuning,
     }

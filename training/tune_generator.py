@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -57,10 +58,13 @@ def tuned_parameters(generator: Generator, layers: str) -> list[torch.nn.Paramet
 
 
 def tune_generator(generator: Generator, code: torch.Tensor, target: torch.Tensor, config: GeneratorTuningConfig,
-                   perceptual: "Distance | None") -> tuple[Generator, dict]:
+                   perceptual: "Distance | None",
+                   render: Callable[[Generator], torch.Tensor] | None = None) -> tuple[Generator, dict]:
     """A copy of `generator` tuned so that G(code [1, L, D]) reproduces `target` [1, 3, size, size] in [-1, 1].
 
-    Returns the tuned copy (frozen, in eval mode) and a report: steps, seconds, and the loss terms before and after."""
+    `render(G)`: how the source is drawn by a G, when more than G draws it (a Feature Transformer on top: tuning
+    then fits what reenactment will show). Returns the tuned copy (frozen, in eval mode) and a report: steps,
+    seconds, and the loss terms before and after."""
     if config.lpips_weight > 0 and perceptual is None:
         raise ValueError("generator tuning with lpips_weight > 0 needs the LPIPS distance")
     if target.shape[-1] != generator.size:
@@ -74,8 +78,10 @@ def tune_generator(generator: Generator, code: torch.Tensor, target: torch.Tenso
     code, target = code.detach(), target.detach()
     pixel_weight = config.pixel_weight()
 
+    draw = render or (lambda network: network.synthesis(code).image)
+
     def terms() -> dict[str, torch.Tensor]:
-        image = tuned.synthesis(code).image
+        image = draw(tuned)
         losses = {"l2": torch.mean((image - target) ** 2)}
         if config.lpips_weight > 0:
             losses["lpips"] = perceptual(image, target).mean()

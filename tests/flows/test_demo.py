@@ -18,7 +18,7 @@ def test_the_demo_set_ships_in_the_repository_with_its_provenance(tmp_path):
     provenance = json.loads((BUNDLED_DIR / "demo" / "provenance.json").read_text())
     for name in WEIGHT_SETS["demo"]:
         assert provenance["files"][name]["sha256"] == registry.sha256(name)
-    assert set(provenance["stages"]) == {"generator", "encoder", "directions"}
+    assert set(provenance["stages"]) == {"generator", "encoder", "directions", "feature_transformer"}
     assert provenance["heldout"]["apd_reenacted"] < provenance["heldout"]["apd_static"]
 
 

@@ -98,7 +98,7 @@ def test_status_reports_present_and_missing_files(registry):
 
     demo = registry.status("demo")  # bundled: read from models/data while the weights directory has no copy
     assert [row["path"] for row in demo] == [str(BUNDLED_DIR / "demo" / f"{part}.safetensors")
-                                             for part in ("generator", "encoder", "directions")]
+                                             for part in ("generator", "encoder", "directions", "feature_transformer")]
     assert all(row["present"] for row in demo)
 
     text = format_status(list(rows.values()))

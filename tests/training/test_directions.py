@@ -19,51 +19,15 @@ from models import MissingWeightsError
 from models.directions import NUM_PARAMS, ParamRanges, from_checkpoint
 from models.flame import euler_from_axis_angle, orthographic_projection
 from models.reenact import Reenactor
-from storage.store import ClipKey, ClipStore
 from storage.weights import WeightsRegistry
-from tests.training import QUICK, TINY_G, differing_tensors, tiny_generator_file
+from tests.training import FRAMES, QUICK, TINY_G, differing_tensors, tiny_generator_file, write_world
 from tests.weights import write_deca_flame_weights
 from training.common.checkpoints import read_checkpoint
-from models.face3d.regressor import SHAPE_SIZE as SYNTH_SHAPE_SIZE, load_regressor
 from training.common.distributed import Distributed
 from training.data import StoreCrops
-from training.directions import (DirectionsStage, DirectionsTrainingConfig, Faces, SynthNet3D, build_net3d,
+from training.directions import (DirectionsStage, DirectionsTrainingConfig, Faces, build_net3d,
                                  load_deca_net3d, one_direction_shift, split_reading, train_directions)
 
-FRAMES = 12  # per clip
-STORED_COLUMNS = {"synth-regressor": NUM_PARAMS + SYNTH_SHAPE_SIZE, "deca": NUM_PARAMS + 100}  # the backends' rows
-
-
-def write_world(root, generator, net3d=None, clips: int = 2, frames: int = FRAMES, name: str = "world.zarr"
-                ) -> ClipStore:
-    """A store of G's own renders with the stages encode-dataset writes: face3d (read by the training Net3D, the
-    synth-regressor by default), inversion (the W+ that rendered each crop) and the ranges table of those readings."""
-    store = ClipStore.open(root / name, chunk_frames=8)
-    net3d = net3d or SynthNet3D(load_regressor(), torch.device("cpu"))
-    readings = []
-    for number in range(clips):
-        key = ClipKey(f"id{number:02d}", "video", "00001")
-        with torch.no_grad():
-            z = torch.randn(frames, generator.style_dim, generator=torch.Generator().manual_seed(number))
-            wplus = generator.get_latent(z).unsqueeze(1).repeat(1, generator.n_latent, 1)
-            images = generator.synthesis(wplus).image.clamp(-1, 1)
-            reading = net3d.read(images)
-            params = torch.cat([reading, torch.zeros(frames, STORED_COLUMNS[net3d.name] - reading.shape[1])], 1)
-            params = params.numpy()
-        crops = ((images + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        with store.write_clip(key) as clip:
-            clip.put("crops", crops)
-        with store.write_stage(key, "face3d") as stage:
-            stage.put("params", params.astype(np.float32))
-            stage.put("landmarks", np.zeros((frames, 68, 2), np.float32))
-            stage.put("found", np.ones(frames, bool))
-            stage.set_attrs(backend=net3d.name)
-        with store.write_stage(key, "inversion") as stage:
-            stage.put("wplus", wplus.numpy().astype(np.float16))
-            stage.set_attrs(encoder="test")
-        readings.append(params[:, :NUM_PARAMS])
-    np.save(store.root / f"ranges-{net3d.name}.npy", ParamRanges.measure(np.concatenate(readings)).table)
-    return store
 
 
 @pytest.fixture(scope="module")
