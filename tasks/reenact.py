@@ -125,8 +125,15 @@ class ReenactNetworks:
             self.feature_transformer = None
         transformer = registry.load_spec(self.feature_transformer, self.device)[0] if self.feature_transformer \
             else None
-        self.reenactor = Reenactor(generator, directions, ranges, float(entries.get("shift_scale", SHIFT_SCALE)),
-                                   truncation, transformer=transformer).eval()
+        try:
+            self.reenactor = Reenactor(generator, directions, ranges, float(entries.get("shift_scale", SHIFT_SCALE)),
+                                       truncation, transformer=transformer).eval()
+        except ValueError as err:
+            if transformer is None:
+                raise
+            raise ValueError(f"the Feature Transformer {self.feature_transformer} does not fit the generator "
+                             f"{weights.generator}: {err}; train one for this G (train-feature-transformer), or "
+                             "render with G alone: --feature-transformer none") from err
         self.weights_sha256 = {name: registry.sha256(name)
                                for name in (weights.generator, weights.encoder, weights.directions)}
         if self.feature_transformer:

@@ -20,6 +20,7 @@ from flows.make_synthetic_dataset import make_synthetic_dataset
 from flows.preprocess_dataset import preprocess_dataset
 from models.directions import DirectionMatrix, PARAM_NAMES
 from models.e4e import Encoder4Editing
+from models.feature_transformer import FeatureTransformer
 from models.metrics.fid import frechet_distance
 from models.stylegan2 import Generator
 from storage.files import sha256_file
@@ -36,7 +37,8 @@ from training.common.checkpoints import Export, save_export
 FRAMES_PER_CLIP = 2  # Inception-v3 takes 0.6 s an image here: every frame counts twice (result and real)
 TINY = {"generator": {"size": 256, "style_dim": 64, "n_mlp": 2, "channel_max": 16},
         "encoder": {"num_layers": 18, "size": 256, "style_dim": 64, "channel_max": 16, "input_size": 32},
-        "directions": {"shift_dim": 64, "input_dim": 15, "w_plus": True, "num_layers": 8, "bias": True}}
+        "directions": {"shift_dim": 64, "input_dim": 15, "w_plus": True, "num_layers": 8, "bias": True},
+        "feature_transformer": {"channels": 16, "resolution": 32, "image_size": 256, "hidden": 8}}
 
 
 def write_tiny_weights(root):
@@ -47,7 +49,9 @@ def write_tiny_weights(root):
     for name, builder, key, module in (
             ("generator", "models.stylegan2:Generator", "g_ema", Generator(**TINY["generator"])),
             ("encoder", "models.e4e:Encoder4Editing", "e", Encoder4Editing(**TINY["encoder"])),
-            ("directions", "models.directions:DirectionMatrix", "A_matrix", DirectionMatrix(**TINY["directions"]))):
+            ("directions", "models.directions:DirectionMatrix", "A_matrix", DirectionMatrix(**TINY["directions"])),
+            ("feature_transformer", "models.feature_transformer:FeatureTransformer", "feature_transformer",
+             FeatureTransformer(**TINY["feature_transformer"]))):
         entries = {"shift_scale": 6.0} if name == "directions" else {}
         save_export(Export(module.eval(), builder, TINY[name], key, entries), root / "demo" / f"{name}.safetensors",
                     torch.float32, {})

@@ -19,7 +19,7 @@ from models.reenact import Reenactor
 from models.stylegan2 import Generator
 from storage.video import VideoReader
 from storage.weights import WeightsRegistry
-from tasks.reenact import ReenactConfig
+from tasks.reenact import ReenactConfig, networks_for
 from tests.media import DEMO_VIDEOS
 from tests.training import QUICK, TINY_G, tiny_generator_file, write_world
 from training.common.checkpoints import Export, save_export
@@ -111,3 +111,18 @@ def test_the_bundled_transformer_keeps_more_of_the_source_than_g_alone(tmp_path)
         errors[transformer] = np.abs(frames[:, :, 512:] - frames[:, :, 256:512]).mean()  # result vs driving
         assert summary.feature_transformer == (None if transformer == "none" else "demo-feature-transformer")
     assert errors[None] < 0.9 * errors["none"]
+
+
+def test_a_transformer_that_does_not_fit_the_sets_generator_says_what_to_do(tmp_path):
+    """A weights directory with a demo G of its own (a user's retrained one) and no transformer for it: the bundled
+    transformer does not fit, and the error says how to go on; with 'none' G renders alone."""
+    (tmp_path / "demo").mkdir()
+    torch.manual_seed(0)
+    generator = Generator(64, 256, 2, channel_max=32)  # the demo G's size and style, other channels
+    save_export(Export(generator, "models.stylegan2:Generator", {"size": 64, "style_dim": 256, "n_mlp": 2,
+                                                                 "channel_max": 32}, "g_ema"),
+                tmp_path / "demo" / "generator.safetensors", torch.float32, {})
+    config = ReenactConfig(weights="demo", weights_dir=str(tmp_path), device="cpu")
+    with pytest.raises(ValueError, match="does not fit the generator demo-generator.*--feature-transformer none"):
+        networks_for(config)
+    assert networks_for(config.model_copy(update={"feature_transformer": "none"})).reenactor.transformer is None
