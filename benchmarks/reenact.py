@@ -11,7 +11,8 @@ back and forth to the asked length (25 fps, with audio); the source is a bundled
 
 Printed, per device and precision:
   * G + A alone: frames/s per batch size, and the ratio to batch 1 measured in the same process; then with a
-    Feature Transformer at 32 px (random, the official G's 512 channels), and its cost as a ratio to G + A;
+    Feature Transformer at 32 px (random, the official G's 512 channels; its per-source part computed once, as
+    reenactment does), and its cost as a ratio to G + A;
   * the whole flow on a `--seconds` driver: seconds per stage (driving track, source, render + encode), frames/s
     end to end and of the render stage, at batch 1 and the best batch of the G + A sweep, and their ratio;
   * tuning G on the source (`--tune-steps`, fp32 whatever the precision): ms per step on pixels alone and with
@@ -101,10 +102,12 @@ def generator_sweep(config, batch_sizes: list[int], repeats: int, refine: bool =
         driving = torch.randn(batch, 15, device=device)
         times = []
         with torch.inference_mode(), networks._autocast():
+            # as reenactment runs it: the transformer's per-source part once, not per batch
+            detail = reenactor.source_detail(wplus, image) if refine else None
             for attempt in range(repeats + 1):
                 sync(device)
                 started = time.perf_counter()
-                reenactor(wplus, source, driving, source_image=image)
+                reenactor(wplus, source, driving, source_image=image, source_detail=detail)
                 sync(device)
                 if attempt:  # the first call warms up kernels and caches
                     times.append(time.perf_counter() - started)

@@ -22,12 +22,20 @@ training (`training/feature_transformer.py`, on two frames of one clip) only add
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.stylegan2 import Generator
+
+
+class SourceDetail(NamedTuple):
+    """What the transformer needs of one source, the same for every frame it drives."""
+
+    features: torch.Tensor  # g_s [1 or B, C, R, R]: G's block features of the source code
+    residual: torch.Tensor  # detail(x_s) - g_s
 
 
 def _conv(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
@@ -69,9 +77,21 @@ class FeatureTransformer(nn.Module):
                 reenacted_features: torch.Tensor) -> torch.Tensor:
         """Refined features [B, C, R, R] from the source crop [B or 1, 3, S, S] in [-1, 1] and G's block features of
         the source code [B or 1, C, R, R] and of the reenacted codes [B, C, R, R]."""
+        return self.refine(SourceDetail(source_features, self.detail(source_image) - source_features),
+                           reenacted_features)
+
+    def source_detail(self, generator: Generator, source_code: torch.Tensor,
+                      source_image: torch.Tensor) -> SourceDetail:
+        """The per-source part of `render`, to compute once for all the frames one source drives."""
+        block = self.block(generator)
+        features = generator.synthesis(source_code, return_features=True, until=block).features[block].features
+        return SourceDetail(features, self.detail(source_image) - features)
+
+    def refine(self, source: SourceDetail, reenacted_features: torch.Tensor) -> torch.Tensor:
+        """Refined features [B, C, R, R]: the source's residual warped to each reenacted face and gated in."""
         batch = len(reenacted_features)
-        residual = (self.detail(source_image) - source_features).expand(batch, -1, -1, -1)
-        motion = self.motion(torch.cat([source_features.expand(batch, -1, -1, -1), reenacted_features], 1))
+        residual = source.residual.expand(batch, -1, -1, -1)
+        motion = self.motion(torch.cat([source.features.expand(batch, -1, -1, -1), reenacted_features], 1))
         flow = self.flow(motion).permute(0, 2, 3, 1)  # [B, R, R, 2], (x, y) as grid_sample reads them
         identity = F.affine_grid(torch.eye(2, 3, device=flow.device, dtype=flow.dtype).expand(batch, 2, 3),
                                  [batch, 1, self.resolution, self.resolution], align_corners=False)
@@ -79,12 +99,18 @@ class FeatureTransformer(nn.Module):
         return reenacted_features + self.gate(motion) * warped
 
     def render(self, generator: Generator, source_code: torch.Tensor, reenacted_codes: torch.Tensor,
-               source_image: torch.Tensor, refine: nn.Module | None = None) -> torch.Tensor:
+               source_image: torch.Tensor, refine: nn.Module | None = None,
+               source: SourceDetail | None = None) -> torch.Tensor:
         """Images [B, 3, size, size] of the reenacted W+ codes [B, L, D] with the source's detail, where
         `source_code` [1 or B, L, D] is the code G renders the source with and `source_image` its crop at G's size.
-        `refine`: what runs this transformer's forward (its DDP wrapper when training on several processes)."""
+        `refine`: what runs this transformer's forward (its DDP wrapper when training on several processes).
+        `source`: this source's `source_detail`, computed once (inference); training passes none, so that the
+        detail encoder runs inside the forward that DDP watches."""
         block = self.block(generator)
-        source = generator.synthesis(source_code, return_features=True, until=block).features[block]
         reenacted = generator.synthesis(reenacted_codes, return_features=True, until=block).features[block]
-        refined = (refine or self)(source_image, source.features, reenacted.features)
+        if source is not None:
+            refined = self.refine(source, reenacted.features)
+        else:
+            features = generator.synthesis(source_code, return_features=True, until=block).features[block].features
+            refined = (refine or self)(source_image, features, reenacted.features)
         return generator.synthesis(reenacted_codes, start_from=(block, refined, reenacted.skip)).image

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from models.directions import SHIFT_SCALE, DirectionMatrix, FaceParams, ParamRanges, delta_p, shift_wplus
-from models.feature_transformer import FeatureTransformer
+from models.feature_transformer import FeatureTransformer, SourceDetail
 from models.stylegan2 import Generator
 
 
@@ -62,14 +62,21 @@ class Reenactor(nn.Module):
 
     def forward(self, source_wplus: torch.Tensor, source_params: torch.Tensor, driving_params: torch.Tensor,
                 generator: Generator | None = None, source_image: torch.Tensor | None = None,
-                refine: nn.Module | None = None) -> torch.Tensor:
+                refine: nn.Module | None = None, source_detail: SourceDetail | None = None) -> torch.Tensor:
         """Images [B, 3, size, size] of the source with the driving parameters (one source may serve B frames).
 
         generator: a G tuned to this source (`training.tune_generator`) instead of the shared one. source_image:
         the source crop at G's size [1 or B, 3, S, S] in [-1, 1]; with it and a Feature Transformer, G's features
-        are refined with the source's detail (`refine`: the transformer's DDP wrapper when training)."""
+        are refined with the source's detail (`refine`: the transformer's DDP wrapper when training;
+        `source_detail`: `self.source_detail(...)` of this source and G, computed once for all its frames)."""
         wplus = self.shifted_wplus(source_wplus, self.delta_p(source_params, driving_params))
         generator = generator or self.generator
         if self.transformer is not None and source_image is not None:
-            return self.transformer.render(generator, self.truncate(source_wplus), wplus, source_image, refine)
+            return self.transformer.render(generator, self.truncate(source_wplus), wplus, source_image, refine,
+                                           source_detail)
         return generator.synthesis(wplus).image
+
+    def source_detail(self, source_wplus: torch.Tensor, source_image: torch.Tensor,
+                      generator: Generator | None = None) -> SourceDetail:
+        """The Feature Transformer's per-source part for this source (and G), as `forward` would compute it."""
+        return self.transformer.source_detail(generator or self.generator, self.truncate(source_wplus), source_image)

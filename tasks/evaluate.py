@@ -191,7 +191,8 @@ def measuring_networks(config: EvaluateConfig) -> dict[str, str | None]:
     weights = reenaction_set(config.reenact.weights)
     return {"identity": metrics.identity.name, "lpips": metrics.lpips.name if "self" in config.protocols else None,
             "inception": metrics.inception.name if config.fid else None, "net3d": networks.encode_config.face3d,
-            "generator": weights.generator, "encoder": weights.encoder, "directions": weights.directions}
+            "generator": weights.generator, "encoder": weights.encoder, "directions": weights.directions,
+            "feature_transformer": networks.feature_transformer}
 
 
 def aed_ranges(config: EvaluateConfig) -> tuple[ParamRanges, str]:

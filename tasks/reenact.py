@@ -27,6 +27,7 @@ import json
 import logging
 import threading
 import time
+import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -123,23 +124,29 @@ class ReenactNetworks:
         self.feature_transformer = config.feature_transformer or weights.feature_transformer
         if self.feature_transformer == "none":
             self.feature_transformer = None
-        transformer = registry.load_spec(self.feature_transformer, self.device)[0] if self.feature_transformer \
-            else None
-        try:
-            self.reenactor = Reenactor(generator, directions, ranges, float(entries.get("shift_scale", SHIFT_SCALE)),
-                                       truncation, transformer=transformer).eval()
-        except ValueError as err:
-            if transformer is None:
-                raise
-            raise ValueError(f"the Feature Transformer {self.feature_transformer} does not fit the generator "
-                             f"{weights.generator}: {err}; train one for this G (train-feature-transformer), or "
-                             "render with G alone: --feature-transformer none") from err
+        transformer = self._transformer(registry, generator, weights.generator)
+        self.reenactor = Reenactor(generator, directions, ranges, float(entries.get("shift_scale", SHIFT_SCALE)),
+                                   truncation, transformer=transformer).eval()
         self.weights_sha256 = {name: registry.sha256(name)
                                for name in (weights.generator, weights.encoder, weights.directions)}
         if self.feature_transformer:
             self.weights_sha256[self.feature_transformer] = registry.sha256(self.feature_transformer) \
                 if self.feature_transformer in WEIGHT_FILES else sha256_file(Path(self.feature_transformer))
         self._perceptual = None  # LPIPS for tuning G on a source, loaded on first use
+        self._refinement = None  # (weak ref to a source, its image, its SourceDetail): see _refinement_of
+
+    def _transformer(self, registry: WeightsRegistry, generator: Generator, generator_name: str):
+        """The Feature Transformer `self.feature_transformer` names (None: G alone), checked to fit G."""
+        if self.feature_transformer is None:
+            return None
+        transformer = registry.load_spec(self.feature_transformer, self.device)[0]
+        try:
+            transformer.block(generator)
+        except ValueError as err:
+            raise ValueError(f"the Feature Transformer {self.feature_transformer} does not fit the generator "
+                             f"{generator_name}: {err}; train one for this G (train-feature-transformer), or "
+                             "render with G alone: --feature-transformer none") from err
+        return transformer
 
     def batch_size(self, config: ReenactConfig) -> int:
         """Frames G draws at once: the config's, else 32 on a GPU and 1 on a CPU (where that runs fastest). Configs
@@ -170,10 +177,25 @@ class ReenactNetworks:
         wplus = torch.as_tensor(source.wplus[None], dtype=torch.float32, device=self.device)
         params = torch.as_tensor(source.params[None], dtype=torch.float32, device=self.device)
         driving = torch.as_tensor(driving_params, dtype=torch.float32, device=self.device)
-        source_image = self._at_generator_size(source.crop) if self.reenactor.transformer is not None else None
+        refinement = {}
+        if self.reenactor.transformer is not None:
+            image, detail = self._refinement_of(source, wplus)
+            refinement = {"source_image": image, "source_detail": detail}
         with self._autocast():
-            images = self.reenactor(wplus, params, driving, generator=source.generator, source_image=source_image)
+            images = self.reenactor(wplus, params, driving, generator=source.generator, **refinement)
         return to_pixels(resize_to(images.float(), CROP_SIZE))  # a small G (the demo's 64 px) fills the crop
+
+    def _refinement_of(self, source: SourceFace, wplus: torch.Tensor):
+        """The source crop at G's size and the Feature Transformer's per-source detail, computed once per source
+        rather than once per batch (the last source's are kept; a tuned source is another object)."""
+        cached = self._refinement
+        if cached is not None and cached[0]() is source:
+            return cached[1], cached[2]
+        image = self._at_generator_size(source.crop)
+        with self._autocast():
+            detail = self.reenactor.source_detail(wplus, image, source.generator)
+        self._refinement = (weakref.ref(source), image, detail)
+        return image, detail
 
     def tuned(self, source: SourceFace, config: ReenactConfig) -> SourceFace:
         """The source with a copy of G tuned on its crop (`config.tune_steps` > 0), rendering its own code as

@@ -19,7 +19,9 @@ from models.reenact import Reenactor
 from models.stylegan2 import Generator
 from storage.video import VideoReader
 from storage.weights import WeightsRegistry
-from tasks.reenact import ReenactConfig, networks_for
+from models.images import resize_to, to_pixels
+from storage.settings import DEMO_PHOTO
+from tasks.reenact import ReenactConfig, networks_for, prepare_source
 from tests.media import DEMO_VIDEOS
 from tests.training import QUICK, TINY_G, tiny_generator_file, write_world
 from training.common.checkpoints import Export, save_export
@@ -126,3 +128,27 @@ def test_a_transformer_that_does_not_fit_the_sets_generator_says_what_to_do(tmp_
     with pytest.raises(ValueError, match="does not fit the generator demo-generator.*--feature-transformer none"):
         networks_for(config)
     assert networks_for(config.model_copy(update={"feature_transformer": "none"})).reenactor.transformer is None
+
+
+def test_reenactment_computes_the_sources_detail_once_and_draws_the_same_frames():
+    """generate() keeps the transformer's per-source part between batches; the frames equal the uncached render."""
+    config = ReenactConfig(weights="demo", device="cpu")
+    networks = networks_for(config)
+    source = networks.tuned(prepare_source(str(DEMO_PHOTO), 0, config), config)
+    driving = np.stack([source.params] * 3)
+    driving[:, 0] += np.array([-10.0, 0.0, 10.0], np.float32)
+    first = networks.generate(source, driving)
+    kept = networks._refinement
+    second = networks.generate(source, driving[:1])
+    assert networks._refinement is kept and kept[0]() is source
+    reenactor = networks.reenactor
+    image = networks._at_generator_size(source.crop)
+
+    def uncached(rows: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return to_pixels(resize_to(reenactor(torch.as_tensor(source.wplus[None]), torch.as_tensor(
+                source.params[None]), torch.as_tensor(rows), source_image=image), 256))
+
+    # (a batch of 1 is compared with a batch of 1: batched convolutions round differently)
+    assert np.array_equal(first, uncached(driving)) and np.array_equal(second, uncached(driving[:1]))
+    assert not np.array_equal(first[0], first[2])  # the frames differ: the pose moved

@@ -61,7 +61,8 @@ def test_bad_requests_are_clear_errors(tmp_path, monkeypatch):
     config = ReenactConfig(weights="demo", weights_dir=str(tmp_path / "weights"), device="cpu", tune_steps=5)
     with pytest.raises(MissingWeightsError, match="alexnet-owt-7be5be79.pth"):
         networks_for(config)
-    networks_for(config.model_copy(update={"tune_lpips_weight": 0.0}))  # ... and tuning on pixels needs none
+    pixels = networks_for(config.model_copy(update={"tune_lpips_weight": 0.0}))  # ... tuning on pixels needs none
+    assert pixels._perceptual is None
 
 
 def test_reenact_video_with_g_tuned_on_the_source_keeps_more_of_it(tmp_path):
