@@ -26,6 +26,8 @@ from models.deca import ResnetEncoder  # noqa: E402
 from models.face3d import build_face3d  # noqa: E402
 from models.face3d.landmark_source import LandmarkSource  # noqa: E402
 from models.identity import build_identity  # noqa: E402
+from storage.networks import face3d_backend  # noqa: E402
+from storage.weights import WeightsRegistry  # noqa: E402
 from models.synth.head import EXPRESSION_NAMES  # noqa: E402
 from training.face3d_regressor import OUTPUT_NAMES, heldout_renders  # noqa: E402
 
@@ -45,7 +47,7 @@ def speed(batch: int = 16) -> None:
     source = LandmarkSource()
     backends = {
         "landmark-fit": build_face3d("landmark-fit", landmarks=source),
-        "synth-regressor": build_face3d("synth-regressor", landmarks=source),
+        "synth-regressor": face3d_backend(WeightsRegistry(), "synth-regressor", landmarks=source),
         "deca (random weights)": build_face3d("deca", encoder=ResnetEncoder(), landmarks=source),
     }
     print(f"torch threads: {torch.get_num_threads()}; batch {batch} renders of 256x256")
@@ -76,7 +78,7 @@ def accuracy(count: int) -> None:
     images, landmarks, targets = heldout_renders(count)
     dlib_landmarks, found = LandmarkSource().resolve(images)
     print(f"{count} held-out renders; dlib finds a face in {found.sum()} ({found.mean():.1%})")
-    fit, regressor = build_face3d("landmark-fit"), build_face3d("synth-regressor")
+    fit, regressor = build_face3d("landmark-fit"), face3d_backend(WeightsRegistry(), "synth-regressor")
     runs = {
         "fit: true lmk": (fit.estimate(images, landmarks), slice(None)),
         "fit: dlib lmk": (fit.estimate(images[found], dlib_landmarks[found]), found),

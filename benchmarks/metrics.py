@@ -29,14 +29,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.directions import NUM_PARAMS, DirectionMatrix, ParamRanges  # noqa: E402
-from models.face3d import build_face3d  # noqa: E402
 from models.identity import build_identity  # noqa: E402
 from models.metrics.fid import FeatureStatistics, frechet_distance, kernel_inception_distance  # noqa: E402
-from models.metrics.inception import build_fid_inception  # noqa: E402
-from models.metrics.lpips import build_lpips  # noqa: E402
 from models.synth.head import sample_identity  # noqa: E402
 from models.synth.render import render_with_landmarks  # noqa: E402
-from storage.weights import WEIGHT_FILES, build  # noqa: E402
+from storage import networks  # noqa: E402
+from storage.weights import WEIGHT_FILES, WeightsRegistry, build  # noqa: E402
 from tasks.metrics import (csim, expression_distance, inception_features, lpips, pose_distance,  # noqa: E402
                            sweep_directions)
 
@@ -72,12 +70,12 @@ def _csim(name: str) -> Callable[[str, Inputs], tuple[Callable[[], object], int]
 
 
 def _lpips(device: str, inputs: Inputs):
-    network = build_lpips(random_backbone=True, device=device)
+    network = networks.lpips(WeightsRegistry(), device, random_backbone=True)
     return (lambda: lpips(network, inputs.images, inputs.references, batch_size=len(inputs.images))), len(inputs.images)
 
 
 def _fid_features(device: str, inputs: Inputs):
-    network = build_fid_inception(random_weights=True, device=device)
+    network = networks.fid_inception(WeightsRegistry(), device, random_weights=True)
     return (lambda: inception_features(network, inputs.images, batch_size=len(inputs.images))), len(inputs.images)
 
 
@@ -111,7 +109,7 @@ def _linearity(device: str, inputs: Inputs):
     torch.manual_seed(0)
     generator = build(entry.builder, entry.config).to(device).eval()
     directions = DirectionMatrix().to(device)
-    face3d = build_face3d("synth-regressor", device=device)
+    face3d = networks.face3d_backend(WeightsRegistry(), "synth-regressor", device=device)
     sources = max(1, len(inputs.images) // 2)
     wplus = generator.wplus_from_styles([torch.randn(sources, 512, device=device)])
 

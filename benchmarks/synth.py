@@ -37,7 +37,7 @@ def render_speed(frames: int = 128, batch: int = 32) -> float:
 def dlib_check(frames: int, identities: int = 10) -> dict:
     from models.detect import build_detector
 
-    detector = build_detector("dlib", None)
+    detector = build_detector("dlib")
     per_identity = int(np.ceil(frames / identities))
     found, errors, in_range, found_in_range = 0, [], 0, 0
     misses = []

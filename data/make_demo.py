@@ -69,7 +69,7 @@ def face_square(rgb: np.ndarray) -> tuple[float, float, float]:
     """Centre and side of a square around the largest face, with room for the crop's margin."""
     from models.detect import build_detector
 
-    faces = build_detector("dlib", None).detect(rgb[None])[0]
+    faces = build_detector("dlib").detect(rgb[None])[0]
     if not faces:
         raise RuntimeError("no face in a demo photograph")
     x0, y0, x1, y1 = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1])).box

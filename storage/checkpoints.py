@@ -143,9 +143,12 @@ def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, Any]:
     try:
         with safe_open(path, framework="pt") as handle:
             header = handle.metadata() or {}
-        return json.loads(header.get(_METADATA_KEY, "{}"))
-    except (SafetensorError, OSError, json.JSONDecodeError) as error:
+        metadata = json.loads(header.get(_METADATA_KEY, "{}"))
+    except (SafetensorError, OSError, json.JSONDecodeError, RecursionError) as error:  # deep nesting: RecursionError
         raise CorruptCheckpointError(f"{path} is not a readable safetensors file: {error}") from error
+    if not isinstance(metadata, dict):
+        raise CorruptCheckpointError(f"{path}: its metadata is a {type(metadata).__name__}, not a mapping")
+    return metadata
 
 
 def _standalone_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -34,11 +34,12 @@ from pydantic import BaseModel, Field
 
 from models import MissingWeightsError
 from models.directions import ParamRanges
-from models.face3d import build_face3d, code_layout
+from models.face3d import code_layout
 from models.images import to_signed
 from storage.files import atomic_path
 from storage.manifest import finish_row
 from storage.store import ClipKey, ClipStore
+from storage.networks import face3d_backend
 from storage.weights import WeightsRegistry
 from tasks.preprocess import code_version
 
@@ -89,9 +90,7 @@ class Encoders:
         self.encoder = None
         self.hashes: dict[str, str] = {}
         if FACE3D in config.stages:
-            # DECA's weights go through the registry (weights-only read, safetensors cache) like every official file
-            options = {"encoder": registry.get("deca")} if config.face3d == "deca" else {}
-            self.face3d = build_face3d(config.face3d, weights_dir=registry.root, device=self.device, **options)
+            self.face3d = face3d_backend(registry, config.face3d, device=self.device)
             self.hashes[FACE3D] = config.stage_hash(FACE3D)
         if INVERSION in config.stages:
             self.encoder = registry.get(config.encoder, device=self.device)

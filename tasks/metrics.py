@@ -35,12 +35,13 @@ from models import MissingWeightsError
 from models.directions import (NUM_ANGLES, NUM_PARAMS, PARAM_NAMES, SHIFT_SCALE, DirectionMatrix, FaceParams,
                                ParamRanges, shift_wplus)
 from models.face3d import Face3DBackend
-from models.identity import IdentityEmbedder, build_identity, cosine_similarity
+from models.identity import IdentityEmbedder, cosine_similarity
 from models.images import FRAME_SIZE, resize_to, to_pixels, to_signed
 from models.metrics.fid import FeatureStatistics, frechet_distance, kernel_inception_distance
-from models.metrics.inception import FIDInception, build_fid_inception
-from models.metrics.lpips import LPIPS, build_lpips
+from models.metrics.inception import FIDInception
+from models.metrics.lpips import LPIPS
 from models.stylegan2 import Generator
+from storage import networks
 from storage.weights import WeightsRegistry
 
 ANGLE_NAMES = PARAM_NAMES[:NUM_ANGLES]
@@ -325,11 +326,6 @@ class MetricsConfig(BaseModel):
         return torch.device(self.device)
 
 
-ALEXNET_WEIGHTS = "lpips-alexnet"  # storage.weights.WEIGHT_FILES names
-INCEPTION_WEIGHTS = "fid-inception"
-ARCFACE_WEIGHTS = "arcface-ir-se50"
-
-
 class MetricNetworks:
     """The metric networks of one config, each loaded when first used (a missing file fails only the metric that
     needs it, with `MissingWeightsError`)."""
@@ -353,13 +349,11 @@ class MetricNetworks:
 
     @property
     def lpips(self) -> LPIPS:
-        return self._get("lpips", lambda: build_lpips(self.registry.root, self._state(ALEXNET_WEIGHTS),
-                                                      device=self.device))
+        return self._get("lpips", lambda: networks.lpips(self.registry, self.device))
 
     @property
     def inception(self) -> FIDInception:
-        return self._get("inception", lambda: build_fid_inception(self.registry.root, self._state(INCEPTION_WEIGHTS),
-                                                                  device=self.device))
+        return self._get("inception", lambda: networks.fid_inception(self.registry, self.device))
 
     def _present(self, name: str) -> bool:
         try:
@@ -368,19 +362,13 @@ class MetricNetworks:
             return False
         return True
 
-    def _state(self, name: str) -> dict[str, torch.Tensor] | None:
-        """The file's state dict through the registry (weights-only read, safetensors cache) when it is in the
-        weights directory; None lets the builder look in torch hub's folder and name both places if absent."""
-        return self.registry.load_state(name).state if self._present(name) else None
-
     def _build_identity(self) -> IdentityEmbedder:
         choice = self.config.identity
         if choice == "auto":
-            choice = "arcface" if self._present(ARCFACE_WEIGHTS) else "dlib"
+            choice = "arcface" if self._present(networks.ARCFACE) else "dlib"
         if choice == "arcface":
-            return build_identity("arcface", backbone=self.registry.get(ARCFACE_WEIGHTS), device=self.device,
-                                  batch_size=self.config.batch_size)
-        return build_identity("dlib")
+            return networks.identity_embedder(self.registry, "arcface", self.device, batch_size=self.config.batch_size)
+        return networks.identity_embedder(self.registry, "dlib")
 
 
 _cache_lock = threading.Lock()

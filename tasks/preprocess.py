@@ -14,21 +14,21 @@ import threading
 import time
 import traceback
 from importlib import metadata
-from pathlib import Path
 
 import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from models.detect import align, build_detector
+from models.detect import align
 from models.detect.base import MissingWeightsError
 from models.temporal import nearest_true
 from storage.inputs import ClipSource
 from storage.manifest import finish_row
-from storage.settings import default_weights_dir
+from storage.networks import face_detector
 from storage.store import ClipStore
 from storage.video import VideoError, VideoInfo, VideoReader, probe, sha256_file
+from storage.weights import WeightsRegistry
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,7 @@ def detector_for(config: PreprocessConfig):
     key = (config.detector, config.weights_dir, config.detect_max_side)
     cache = _detectors.__dict__.setdefault("cache", {})
     if key not in cache:
-        weights_dir = Path(config.weights_dir) if config.weights_dir else default_weights_dir()
-        cache[key] = build_detector(config.detector, weights_dir, max_side=config.detect_max_side)
+        cache[key] = face_detector(WeightsRegistry(config.weights_dir), config.detector, max_side=config.detect_max_side)
     return cache[key]
 
 

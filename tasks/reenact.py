@@ -139,7 +139,8 @@ class ReenactNetworks:
         """The Feature Transformer `self.feature_transformer` names (None: G alone), checked to fit G."""
         if self.feature_transformer is None:
             return None
-        transformer = registry.load_spec(self.feature_transformer, self.device)[0]
+        transformer = registry.load_spec(self.feature_transformer, self.device,
+                                         expect="models.feature_transformer:FeatureTransformer")[0]
         try:
             transformer.block(generator)
         except ValueError as err:
@@ -160,10 +161,9 @@ class ReenactNetworks:
     def perceptual(self):
         """LPIPS (AlexNet v0.1) for tuning G on a source, loaded on first use from the weights directory."""
         if self._perceptual is None:
-            from models.metrics.lpips import build_lpips
+            from storage.networks import lpips
 
-            self._perceptual = build_lpips(weights_dir=WeightsRegistry(self.config.weights_dir).root,
-                                           device=self.device)
+            self._perceptual = lpips(WeightsRegistry(self.config.weights_dir), self.device)
         return self._perceptual
 
     def _autocast(self):

@@ -57,13 +57,13 @@ def write_deca_flame_weights(root: Path, seed: int = 0) -> Path:
 def write_metric_weights(root: Path) -> Path:
     """Random LPIPS-trunk (AlexNet features) and FID-Inception files under their registry names: LPIPS, FID and KID
     run their real code, on numbers that are not theirs."""
-    from models.metrics.inception import FID_INCEPTION_FILE, FIDInception
-    from models.metrics.lpips import ALEXNET_FILE, build_lpips
+    from models.metrics.inception import FIDInception
+    from models.metrics.lpips import LPIPS
+    from storage.weights import WEIGHT_FILES
 
     root.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    trunk = {name: value for name, value in build_lpips(random_backbone=True).state_dict().items()
-             if name.startswith("features.")}
-    torch.save(trunk, root / ALEXNET_FILE)
-    torch.save(FIDInception().state_dict(), root / FID_INCEPTION_FILE)
+    trunk = {name: value for name, value in LPIPS().state_dict().items() if name.startswith("features.")}
+    torch.save(trunk, root / WEIGHT_FILES["lpips-alexnet"].filename)
+    torch.save(FIDInception().state_dict(), root / WEIGHT_FILES["fid-inception"].filename)
     return root

@@ -79,12 +79,13 @@ from models.directions import (NUM_EXPRESSIONS, NUM_PARAMS, SHIFT_SCALE, Directi
 from models.e4e import Encoder4Editing
 from models.images import resize_to
 from models.face3d.deca_backend import crop_to_image, face_params
-from models.face3d.regressor import CROP_PER_EXTENT, Face3DRegressor, load_regressor, regressor_input
+from models.face3d.regressor import CROP_PER_EXTENT, Face3DRegressor, regressor_input
 from models.flame import FLAME, N_EXPRESSION, N_SHAPE, FlameOutput, axis_angle_to_matrix, orthographic_projection
 from models.reenact import Reenactor
 from models.stylegan2 import Generator
 from models.synth.head import EXPRESSION_BASIS, JAW_BASIS, LANDMARKS_3D
 from models.synth.render import CAMERA, HEAD_POSITION
+from storage import networks
 from storage.store import ClipKey, ClipStore
 from storage.weights import WeightsRegistry
 from training.common.checkpoints import Export, load_into, read_weights
@@ -338,16 +339,16 @@ def load_deca_net3d(registry: WeightsRegistry, device: torch.device) -> DecaNet3
     """E_flame ('deca') and FLAME ('flame', plus 'flame-landmark-embedding' for the .pkl) of the weights registry;
     every file is located before anything loads, so a missing one is named at once (MissingWeightsError)."""
     registry.path("deca")
-    flame_path = registry.path("flame")
-    embedding = registry.path("flame-landmark-embedding") if flame_path.suffix == ".pkl" else None
-    return DecaNet3D(registry.get("deca"), FLAME.from_files(flame_path, embedding), device)
+    flame_model = networks.flame(registry)
+    return DecaNet3D(registry.get(networks.DECA), flame_model, device)
 
 
 def build_net3d(config: DirectionsTrainingConfig, device: torch.device) -> Net3D:
+    registry = WeightsRegistry(config.weights_dir)
     if config.face3d == "deca":
-        return load_deca_net3d(WeightsRegistry(config.weights_dir), device)
-    network = load_regressor(config.face3d_weights) if config.face3d_weights else load_regressor()
-    return SynthNet3D(network, device)
+        return load_deca_net3d(registry, device)
+    spec = config.face3d_weights or networks.REGRESSOR
+    return SynthNet3D(registry.load_spec(spec, expect=networks.REGRESSOR_BUILDER)[0], device)
 
 
 # ------------------------------------------------------------------------------------------------------ losses

@@ -88,10 +88,9 @@ def perceptual_distance(config: EncoderTrainingConfig, device: torch.device) -> 
     """The LPIPS term's distance, or None when its weight is 0 (one place to point at another LPIPS)."""
     if config.lpips_weight == 0:
         return None
-    from models.metrics.lpips import build_lpips
+    from storage.networks import lpips
 
-    registry_root = WeightsRegistry(config.weights_dir).root
-    return build_lpips(weights_dir=registry_root, random_backbone=config.lpips_random_backbone, device=device)
+    return lpips(WeightsRegistry(config.weights_dir), device, random_backbone=config.lpips_random_backbone)
 
 
 def identity_distance(config: EncoderTrainingConfig, device: torch.device) -> Distance | None:

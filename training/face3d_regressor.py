@@ -29,10 +29,13 @@ from tqdm import tqdm
 
 from models.detect.align import CROP_PER_EXTENT as PAPER_CROP_PER_EXTENT
 from models.directions import NUM_PARAMS, PARAM_NAMES
-from models.face3d.regressor import (CROP_PER_EXTENT, DEFAULT_WEIGHTS, SHAPE_SIZE, Face3DRegressor, crop_boxes,
-                                     regressor_input, save_regressor)
+from models.face3d.regressor import CROP_PER_EXTENT, SHAPE_SIZE, Face3DRegressor, crop_boxes, regressor_input
 from models.synth.head import EXPRESSION_NAMES, SHAPE_NAMES, sample_identity
 from models.synth.render import render_with_landmarks
+from storage.checkpoints import save_safetensors
+from storage.weights import BUNDLED_DIR, WEIGHT_FILES
+
+INSTALLED = BUNDLED_DIR / WEIGHT_FILES["face3d-synth-regressor"].filename  # what --install replaces
 
 # Ranges the synthetic clips (models.synth.motion) give each expression; training covers them uniformly.
 EXPRESSION_RANGES = {
@@ -69,7 +72,7 @@ class RegressorTrainingConfig:
     eval_count: int = 200
     checkpoint_every: int = 500
     out: str = "outputs/face3d_regressor"
-    install: bool = False  # copy the final fp16 weights to DEFAULT_WEIGHTS
+    install: bool = False  # copy the final fp16 weights to INSTALLED (the bundled file)
 
 
 def sample_params(rng: np.random.Generator, count: int, config: RegressorTrainingConfig) -> np.ndarray:
@@ -122,6 +125,19 @@ def jittered_boxes(landmarks: np.ndarray, rng: np.random.Generator, config: Regr
     centre = centre + rng.uniform(-1, 1, centre.shape) * config.shift_jitter_px / 256 * paper_side
     side = side * (1 + rng.uniform(-config.scale_jitter, config.scale_jitter, side.shape))
     return np.concatenate([centre - side / 2, centre + side / 2], axis=1).astype(np.float32)
+
+
+def save_regressor(network: Face3DRegressor, path: str | Path, dtype: torch.dtype = torch.float16,
+                   metadata: dict | None = None) -> Path:
+    """The network as the weights registry reads it (`face3d-synth-regressor`): safetensors in `dtype` (fp16 by
+    default), its builder and constructor arguments in the metadata, written atomically and readable by everyone."""
+    path = Path(path)
+    state = {name: (value.to(dtype) if value.is_floating_point() else value)
+             for name, value in network.state_dict().items()}
+    save_safetensors(state, path, {"builder": "models.face3d.regressor:Face3DRegressor", "config": network.config,
+                                   **(metadata or {})})
+    path.chmod(0o644)
+    return path
 
 
 @torch.no_grad()
@@ -227,8 +243,8 @@ def train(config: RegressorTrainingConfig) -> tuple[Face3DRegressor, dict[str, f
     final = save_regressor(network, out / "final.safetensors",
                            metadata={"training": dataclasses.asdict(config), "summary": summary})
     if config.install:
-        save_regressor(network, DEFAULT_WEIGHTS, metadata={"training": dataclasses.asdict(config), "summary": summary})
-        print(f"installed {DEFAULT_WEIGHTS}")
+        save_regressor(network, INSTALLED, metadata={"training": dataclasses.asdict(config), "summary": summary})
+        print(f"installed {INSTALLED}")
     return network, errors
 
 

@@ -66,7 +66,8 @@ class FeatureTransformerTrainingConfig(TrainingConfig):
 
 def frozen_directions(config: FeatureTransformerTrainingConfig, device: torch.device) -> tuple[Any, dict[str, Any]]:
     """A (frozen) and its file's entries, from the registry or a train-directions export."""
-    directions, entries = WeightsRegistry(config.weights_dir).load_spec(config.directions, device)
+    directions, entries = WeightsRegistry(config.weights_dir).load_spec(config.directions, device,
+                                                                        expect="models.directions:DirectionMatrix")
     requires_grad(directions, False)
     return directions, entries
 

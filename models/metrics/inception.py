@@ -8,25 +8,19 @@ handling is pytorch-fid's: RGB in [0, 1], bilinear resize to 299x299 (align_corn
 
 State-dict names are torchvision's `Inception3(num_classes=1008, aux_logits=False)`, into which pytorch-fid loads
 `pt_inception-2015-12-05-6726825d.pth` strictly; `fc` (the 1008 ImageNet logits) is kept only so that the file loads
-whole. The file is user-supplied (weights directory, or torch hub's checkpoints where pytorch-fid caches it).
+whole. The file is user-supplied (weights directory, or torch hub's checkpoints where pytorch-fid caches it) and
+read by the weights registry (`fid-inception`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.metrics import load_standard_or_keep_random
-
-FID_INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
-FID_INCEPTION_WHERE = ("pytorch-fid's port of TensorFlow's FID Inception (https://github.com/mseitzer/pytorch-fid/"
-                       "releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth); put it in the weights "
-                       "directory, or in torch hub's checkpoints folder where pytorch-fid caches it")
 INPUT_SIZE = 299
 FEATURES = 2048
 Pool = Literal["tf-avg", "max"]
@@ -216,14 +210,17 @@ class FIDInception(nn.Module):
         self.load_state_dict({**state, **counters}, strict=True)
 
 
-def build_fid_inception(weights_dir: str | Path | None = None, state: Mapping[str, torch.Tensor] | None = None,
-                        random_weights: bool = False, device: str | torch.device | None = None) -> FIDInception:
-    """The FID Inception in eval mode: `state=` the loaded official state dict (the caller's weights registry read
-    it), else `pt_inception-2015-12-05-6726825d.pth` from `weights_dir` or torch hub's checkpoints
-    (`MissingWeightsError` naming both). `random_weights=True` (tests, timing) gives features that are not FID's,
+def build_fid_inception(state: Mapping[str, torch.Tensor] | None = None, random_weights: bool = False,
+                        device: str | torch.device | None = None) -> FIDInception:
+    """The FID Inception in eval mode holding `state`, the official state dict (the caller's weights registry reads
+    it: `storage.networks.fid_inception`). `random_weights=True` (tests, timing) gives features that are not FID's,
     and `name` says so."""
     network = FIDInception()
-    network = load_standard_or_keep_random(network, network.load_official, FID_INCEPTION_FILE, weights_dir, "FID",
-                                           FID_INCEPTION_WHERE, state=state, keep_random=random_weights,
-                                           random_suffix="-random-weights")
+    if random_weights:
+        network.name += "-random-weights"
+    elif state is None:
+        raise TypeError("the FID Inception needs its state dict (storage.networks.fid_inception(registry) reads it), "
+                        "or random_weights=True for tests")
+    else:
+        network.load_official(state)
     return network.to(device or "cpu")

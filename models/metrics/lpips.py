@@ -8,37 +8,21 @@ by the package's `ScalingLayer`, and w_l the 1x1 linear heads of v0.1. Images ar
 State-dict names are the official ones: `features.<i>.*` as in torchvision's AlexNet (its ImageNet file
 `alexnet-owt-7be5be79.pth` loads strictly: the `classifier.*` entries that LPIPS never uses are dropped after their
 names are checked), `lin<l>.model.1.weight` as in the heads file `lpips/weights/v0.1/alex.pth`, which ships inside
-the installed `lpips` wheel and is read from there by path.
+the installed `lpips` wheel (the weights registry's `lpips-heads`).
 """
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from models.metrics import load_standard_or_keep_random, read_state_dict
-
-ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
-ALEXNET_WHERE = ("torchvision's ImageNet AlexNet weights (torchvision.models.AlexNet_Weights.IMAGENET1K_V1, "
-                 "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth); put the file in the weights "
-                 "directory, or in torch hub's checkpoints folder where torchvision keeps what it downloads")
 CHANNELS = (64, 192, 384, 256, 256)  # relu1..relu5
 TAPS = (1, 4, 7, 9, 11)  # indices in `features` of relu1..relu5 (the lpips package's slice ends)
 SHIFT = (-0.030, -0.088, -0.188)  # lpips.ScalingLayer: (x - shift) / scale
 SCALE = (0.458, 0.448, 0.450)
 EPS = 1e-10  # lpips.normalize_tensor
-
-
-def heads_path(version: str = "0.1") -> Path:
-    """The linear heads that ship inside the installed lpips package (found without importing it)."""
-    spec = importlib.util.find_spec("lpips")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("LPIPS's linear heads ship in the `lpips` package (pip install lpips==0.1.4)")
-    return Path(spec.submodule_search_locations[0]) / "weights" / f"v{version}" / "alex.pth"
 
 
 def alexnet_features() -> nn.Sequential:
@@ -127,18 +111,18 @@ class LPIPS(nn.Module):
         return {name: value for name, value in self.state_dict().items() if name.startswith("lin")}
 
 
-def build_lpips(weights_dir: str | Path | None = None, backbone: Mapping[str, torch.Tensor] | None = None,
+def build_lpips(heads: Mapping[str, torch.Tensor], backbone: Mapping[str, torch.Tensor] | None = None,
                 random_backbone: bool = False, device: str | torch.device | None = None) -> LPIPS:
-    """LPIPS with the shipped v0.1 heads and the ImageNet trunk, in eval mode.
-
-    The trunk: `backbone=` a loaded torchvision AlexNet state dict (the caller's weights registry read it), else
-    `alexnet-owt-7be5be79.pth` from `weights_dir` or torch hub's checkpoints (`MissingWeightsError` naming both when
-    neither has it). `random_backbone=True` keeps the constructor's random trunk, for tests and timing only: its
-    distances are not LPIPS, and `name` says so.
-    """
+    """LPIPS with the v0.1 `heads` and the ImageNet trunk `backbone` (torchvision's AlexNet state dict), in eval
+    mode; the caller's weights registry reads both (`storage.networks.lpips`). `random_backbone=True` keeps the
+    constructor's random trunk, for tests and timing only: its distances are not LPIPS, and `name` says so."""
     network = LPIPS()
-    network.load_heads(read_state_dict(heads_path()))
-    network = load_standard_or_keep_random(network, network.load_backbone, ALEXNET_FILE, weights_dir, "LPIPS",
-                                           ALEXNET_WHERE, state=backbone, keep_random=random_backbone,
-                                           random_suffix="-random-backbone")
+    network.load_heads(heads)
+    if random_backbone:
+        network.name += "-random-backbone"
+    elif backbone is None:
+        raise TypeError("LPIPS needs its AlexNet trunk: backbone= torchvision's ImageNet AlexNet state dict "
+                        "(storage.networks.lpips(registry) reads it), or random_backbone=True for tests")
+    else:
+        network.load_backbone(backbone)
     return network.to(device or "cpu")

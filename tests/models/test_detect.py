@@ -6,7 +6,12 @@ from skimage.data import astronaut
 
 from models.detect import MissingWeightsError, build_detector
 from models.detect.landmarks import LandmarkPredictor, five_points, hog_box_from_five_points
-from models.detect.retinaface_backend import WEIGHTS_FILE, build_network
+from models.detect.retinaface_backend import build_network
+from storage.checkpoints import CheckpointKeysError
+from storage.networks import face_detector
+from storage.weights import WEIGHT_FILES, WeightsRegistry
+
+WEIGHTS_FILE = WEIGHT_FILES["retinaface-resnet50"].filename
 
 
 @pytest.fixture(scope="module")
@@ -95,10 +100,10 @@ def test_unknown_detector_is_a_clear_error():
 def test_retinaface_says_where_its_weights_go(tmp_path):
     expected = str(tmp_path / "retinaface" / "retinaface_resnet50_2020-07-20.pth")
     with pytest.raises(MissingWeightsError, match=expected) as error:
-        build_detector("retinaface", tmp_path)
+        face_detector(WeightsRegistry(tmp_path), "retinaface")
     assert "never downloads" in str(error.value) and "releases/download" in str(error.value)
-    with pytest.raises(MissingWeightsError, match="needs a weights directory"):
-        build_detector("retinaface", None)
+    with pytest.raises(TypeError, match="loaded network"):
+        build_detector("retinaface")  # models/ reads no file: the registry's factory does
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +114,7 @@ def random_retinaface(tmp_path_factory):
     state = build_network().state_dict()
     (weights_dir / WEIGHTS_FILE).parent.mkdir(parents=True)
     torch.save(state, weights_dir / WEIGHTS_FILE)
-    return build_detector("retinaface", weights_dir, device="cpu"), state
+    return face_detector(WeightsRegistry(weights_dir), "retinaface", device="cpu"), state
 
 
 def test_retinaface_loads_user_weights_from_the_documented_path(random_retinaface):
@@ -122,8 +127,8 @@ def test_retinaface_loads_user_weights_from_the_documented_path(random_retinafac
 def test_retinaface_refuses_a_file_that_is_not_its_state_dict(tmp_path):
     (tmp_path / WEIGHTS_FILE).parent.mkdir(parents=True)
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / WEIGHTS_FILE)
-    with pytest.raises(ValueError, match="is not the RetinaFace-ResNet50 state dict"):
-        build_detector("retinaface", tmp_path)
+    with pytest.raises(CheckpointKeysError, match="does not fit models.detect.retinaface_backend:build_network"):
+        face_detector(WeightsRegistry(tmp_path), "retinaface")
 
 
 def test_retinaface_batched_decoding_equals_the_packages_own(random_retinaface):

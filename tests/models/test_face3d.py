@@ -12,10 +12,12 @@ from models.deca import DecaCode, ResnetEncoder, deca_input
 from models.directions import NUM_PARAMS
 from models.face3d import FACE3D_BACKENDS, Face3DEstimate, build_face3d, code_layout
 from models.face3d.landmark_fit import LandmarkFitter
-from models.face3d.regressor import DEFAULT_WEIGHTS, regressor_input
+from models.face3d.regressor import regressor_input
 from models.flame import FLAME, FlameAssets, euler_from_axis_angle
 from models.synth.head import landmarks_3d, sample_identity
 from models.synth.render import project
+from storage.networks import face3d_backend
+from storage.weights import WeightsRegistry
 from tests.models.parity import fill_for_parity
 from tests.models.test_flame import synthetic_flame
 from training.face3d_regressor import RegressorTrainingConfig, heldout_renders, sample_params
@@ -51,7 +53,7 @@ def backends(deca_encoder):
             if name == "deca":
                 model, embedding = synthetic_flame(np.random.default_rng(0))
                 options = {"encoder": deca_encoder, "flame": FLAME(FlameAssets.from_official(model, embedding))}
-            built[name] = build_face3d(name, **options)
+            built[name] = face3d_backend(WeightsRegistry(), name, **options)
         return built[name]
 
     return get
@@ -133,9 +135,9 @@ def test_landmark_fit_recovers_pose_and_expression_from_true_landmarks():
 
 
 def test_shipped_regressor_reads_pose_of_fixed_renders():
-    assert DEFAULT_WEIGHTS.stat().st_size < 5 * 2**20
+    assert WeightsRegistry().path("face3d-synth-regressor").stat().st_size < 5 * 2**20
     images, landmarks, targets = heldout_renders(12)
-    estimate = build_face3d("synth-regressor").estimate(images, landmarks)
+    estimate = face3d_backend(WeightsRegistry(), "synth-regressor").estimate(images, landmarks)
     error = np.abs(estimate.params.to_vector().numpy()[:, :3] - targets[:, :3]).mean(axis=0)
     for name, value in zip(("yaw", "pitch", "roll"), error):
         assert value < REGRESSOR_POSE_BOUNDS[name], (name, value)
@@ -153,7 +155,10 @@ def test_regressor_input_samples_pixel_centres():
 def test_unknown_backend_and_missing_weights_say_what_to_do(tmp_path):
     with pytest.raises(ValueError, match="deca, landmark-fit, synth-regressor"):
         build_face3d("nope")
-    with pytest.raises(MissingWeightsError, match="deca_model.tar"):
-        build_face3d("deca", weights_dir=tmp_path)
-    with pytest.raises(MissingWeightsError, match="face3d_synth_regressor|missing.safetensors"):
-        build_face3d("synth-regressor", weights=tmp_path / "missing.safetensors")
+    for name in ("deca", "synth-regressor"):
+        with pytest.raises(TypeError, match="storage.networks.face3d_backend"):
+            build_face3d(name)  # models/ reads no file: the registry's factory does
+    with pytest.raises(MissingWeightsError, match=f"{tmp_path / 'deca' / 'deca_model.tar'}.*Put it at that path"):
+        face3d_backend(WeightsRegistry(tmp_path), "deca")
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        face3d_backend(WeightsRegistry(tmp_path), "synth-regressor", regressor=str(tmp_path / "missing.safetensors"))

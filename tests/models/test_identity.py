@@ -15,6 +15,8 @@ from models.arcface import Backbone
 from models.detect import build_detector, crop_box, crop_faces
 from models.identity import IDENTITY_BACKENDS, build_identity, cosine_similarity
 from models.identity.dlib_backend import aligned_crop_face_box
+from storage.networks import identity_embedder
+from storage.weights import WeightsRegistry
 from tests.models.parity import fill_for_parity
 
 PHOTOS = Path(__file__).parents[2] / "data" / "demo" / "photos"
@@ -78,5 +80,7 @@ def test_factory_names_and_missing_weights(tmp_path):
     assert IDENTITY_BACKENDS == ("arcface", "dlib")
     with pytest.raises(ValueError, match="arcface, dlib"):
         build_identity("facenet")
-    with pytest.raises(MissingWeightsError, match="model_ir_se50.pth"):
-        build_identity("arcface", weights_dir=tmp_path)
+    with pytest.raises(TypeError, match="loaded backbone"):
+        build_identity("arcface")  # models/ reads no file: the registry's factory does
+    with pytest.raises(MissingWeightsError, match=f"{tmp_path / 'model_ir_se50.pth'}.*Put it at that path"):
+        identity_embedder(WeightsRegistry(tmp_path), "arcface")

@@ -11,11 +11,19 @@ import pytest
 import torch
 
 from models import MissingWeightsError
-from models.metrics import checkpoint_candidates
 from models.metrics.fid import (FeatureStatistics, fid_from_statistics, frechet_distance,
                                 kernel_inception_distance)
-from models.metrics.inception import FID_INCEPTION_FILE, FIDInception, build_fid_inception
-from models.metrics.lpips import ALEXNET_FILE, LPIPS, build_lpips, heads_path
+from models.metrics.inception import FIDInception, build_fid_inception
+from models.metrics.lpips import LPIPS, build_lpips
+from storage.networks import fid_inception, lpips
+from storage.weights import WEIGHT_FILES, WeightsRegistry
+
+ALEXNET_FILE, FID_INCEPTION_FILE = WEIGHT_FILES["lpips-alexnet"].filename, WEIGHT_FILES["fid-inception"].filename
+
+
+def heads_state() -> dict[str, torch.Tensor]:
+    """The v0.1 heads that ship inside the installed lpips package, read by the weights registry."""
+    return WeightsRegistry().load_state("lpips-heads").state
 
 
 @pytest.fixture
@@ -59,7 +67,7 @@ def torchvision_alexnet_state(reference) -> dict[str, torch.Tensor]:
 
 def test_lpips_matches_the_lpips_package(reference_lpips, tmp_path, torch_home, no_downloads):
     torch.save(torchvision_alexnet_state(reference_lpips), tmp_path / ALEXNET_FILE)
-    ours = build_lpips(weights_dir=tmp_path)  # strict load of the torchvision file and of the shipped heads
+    ours = lpips(WeightsRegistry(tmp_path))  # strict load of the torchvision file and of the shipped heads
     assert ours.name == "lpips-alex-v0.1"
     generator = torch.Generator().manual_seed(1)
     a = torch.rand(4, 3, 96, 80, generator=generator) * 2 - 1
@@ -73,7 +81,7 @@ def test_lpips_matches_the_lpips_package(reference_lpips, tmp_path, torch_home, 
 
 def test_lpips_heads_are_the_shipped_file():
     network = LPIPS()
-    shipped = torch.load(heads_path(), map_location="cpu", weights_only=True)
+    shipped = heads_state()
     network.load_heads(shipped)
     for name, value in shipped.items():
         torch.testing.assert_close(network.state_dict()[name], value, rtol=0, atol=0)
@@ -82,7 +90,7 @@ def test_lpips_heads_are_the_shipped_file():
 
 
 def test_lpips_identical_images_are_at_zero_and_the_distance_is_symmetric():
-    network = build_lpips(random_backbone=True)
+    network = build_lpips(heads_state(), random_backbone=True)
     assert network.name.endswith("random-backbone")
     images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(2)) * 2 - 1
     with torch.no_grad():
@@ -95,19 +103,19 @@ def test_lpips_identical_images_are_at_zero_and_the_distance_is_symmetric():
 
 def test_lpips_without_the_trunk_names_both_places(tmp_path, torch_home, no_downloads):
     with pytest.raises(MissingWeightsError) as caught:
-        build_lpips(weights_dir=tmp_path)
+        lpips(WeightsRegistry(tmp_path))
     message = str(caught.value)
     assert str(tmp_path / ALEXNET_FILE) in message
     assert str(torch_home / "hub" / "checkpoints" / ALEXNET_FILE) in message
 
 
 def test_lpips_trunk_from_torch_hub_folder(reference_lpips, tmp_path, torch_home, no_downloads):
-    hub_file = checkpoint_candidates(ALEXNET_FILE, None)[0]
+    hub_file = WeightsRegistry(tmp_path).candidates("lpips-alexnet")[-1]
     assert hub_file == torch_home / "hub" / "checkpoints" / ALEXNET_FILE
     hub_file.parent.mkdir(parents=True)
     state = torchvision_alexnet_state(reference_lpips)
     torch.save(state, hub_file)
-    network = build_lpips(weights_dir=tmp_path)  # nothing in the weights dir: the hub's copy is used
+    network = lpips(WeightsRegistry(tmp_path))  # nothing in the weights dir: the hub's copy is used
     torch.testing.assert_close(network.features[0].weight, state["features.0.weight"], rtol=0, atol=0)
 
 
@@ -166,7 +174,7 @@ def test_fid_inception_matches_pytorch_fid(monkeypatch, inception_state):
 def test_fid_inception_loads_files_with_and_without_batch_norm_counters(tmp_path, torch_home, inception_state):
     without = {name: value for name, value in inception_state.items() if not name.endswith("num_batches_tracked")}
     torch.save(without, tmp_path / FID_INCEPTION_FILE)
-    network = build_fid_inception(weights_dir=tmp_path)
+    network = fid_inception(WeightsRegistry(tmp_path))
     torch.testing.assert_close(network.fc.weight, inception_state["fc.weight"], rtol=0, atol=0)
     build_fid_inception(state=inception_state)  # with them
     with pytest.raises(RuntimeError, match="Missing key"):
@@ -175,7 +183,7 @@ def test_fid_inception_loads_files_with_and_without_batch_norm_counters(tmp_path
 
 def test_fid_inception_without_the_file_names_both_places(tmp_path, torch_home, no_downloads):
     with pytest.raises(MissingWeightsError) as caught:
-        build_fid_inception(weights_dir=tmp_path)
+        fid_inception(WeightsRegistry(tmp_path))
     assert str(tmp_path / FID_INCEPTION_FILE) in str(caught.value)
     assert str(torch_home / "hub" / "checkpoints" / FID_INCEPTION_FILE) in str(caught.value)
 

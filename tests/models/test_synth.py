@@ -121,7 +121,7 @@ def test_motion_stays_in_its_documented_ranges():
 def test_dlib_finds_the_faces_and_their_landmarks():
     from models.detect import build_detector
 
-    detector = build_detector("dlib", None)
+    detector = build_detector("dlib")
     poses = [_params(), _params(yaw=25, pitch=-8, roll=6, jaw=0.15), _params(yaw=-20, pitch=12, smile=0.8),
              _params(yaw=10, roll=-8, jaw=0.25, eye_close_left=1.0, brow_raise=0.8)]
     for seed in (1, 2):

@@ -45,6 +45,14 @@ def _register(monkeypatch, name: str, **changes) -> None:
     monkeypatch.setitem(WEIGHT_FILES, name, dataclasses.replace(WEIGHT_FILES[name], **changes))
 
 
+# a tiny network of the allow-list for the generic rules: DirectionMatrix as one linear map 3 -> 2
+TINY = {"builder": "models.directions:DirectionMatrix", "config": {"shift_dim": 2, "input_dim": 3, "w_plus": False}}
+
+
+def _tiny(in_features: int = 3, out_features: int = 2) -> dict:
+    return {"builder": TINY["builder"], "config": {"shift_dim": out_features, "input_dim": in_features, "w_plus": False}}
+
+
 def _never_unpickle(monkeypatch) -> None:
     monkeypatch.setattr(checkpoints, "load_checkpoint", lambda path: pytest.fail(f"unpickled {path} again"))
 
@@ -61,7 +69,7 @@ def test_weights_dir_explicit_then_environment_then_project(tmp_path, monkeypatc
     assert resolve_weights_dir() == Path(__file__).resolve().parents[2] / "weights"
 
 
-@pytest.mark.parametrize("name", [name for name, entry in WEIGHT_FILES.items() if not entry.bundled])
+@pytest.mark.parametrize("name", [name for name, entry in WEIGHT_FILES.items() if not entry.bundled and not entry.package])
 def test_missing_file_says_where_to_put_it_and_where_it_comes_from(registry, name):
     entry = WEIGHT_FILES[name]
     with pytest.raises(MissingWeightsError) as caught:
@@ -83,7 +91,9 @@ def test_unknown_names_list_the_known_ones(registry):
 def test_status_reports_present_and_missing_files(registry):
     every = registry.status()
     assert [row["name"] for row in every] == list(WEIGHT_FILES)
-    assert [row["name"] for row in every if row["present"]] == list(WEIGHT_SETS["demo"])  # bundled ones only
+    shipped = [name for name, entry in WEIGHT_FILES.items() if entry.bundled or entry.package]
+    assert [row["name"] for row in every if row["present"]] == shipped  # what ships with the code or its packages
+    assert set(WEIGHT_SETS["demo"]) <= set(shipped)
     arcface = _put(registry, "arcface-ir-se50", {"w": torch.zeros(10)})
     (registry.root / "deca").mkdir()
     (registry.root / "deca" / "generic_model.npz").write_bytes(b"npz")  # FLAME's converted form also counts
@@ -110,14 +120,12 @@ def test_status_reports_present_and_missing_files(registry):
 
 
 def test_pinned_sha256_is_checked_by_status_and_on_load(registry, monkeypatch):
-    path = _put(registry, "arcface-ir-se50", {"weight": torch.ones(2, 3), "bias": torch.ones(2)})
-    _register(monkeypatch, "arcface-ir-se50", builder="torch.nn:Linear", config={"in_features": 3, "out_features": 2},
-              sha256=checkpoints.sha256_file(path))
+    path = _put(registry, "arcface-ir-se50", {"linear.weight": torch.ones(2, 3), "linear.bias": torch.ones(2)})
+    _register(monkeypatch, "arcface-ir-se50", **TINY, sha256=checkpoints.sha256_file(path))
     assert registry.status()[list(WEIGHT_FILES).index("arcface-ir-se50")]["sha256_ok"] is True
-    assert torch.equal(registry.get("arcface-ir-se50").weight, torch.ones(2, 3))
+    assert torch.equal(registry.get("arcface-ir-se50").linear.weight, torch.ones(2, 3))
 
-    _register(monkeypatch, "arcface-ir-se50", builder="torch.nn:Linear", config={"in_features": 3, "out_features": 2},
-              sha256="0" * 64)
+    _register(monkeypatch, "arcface-ir-se50", **TINY, sha256="0" * 64)
     assert registry.status()[list(WEIGHT_FILES).index("arcface-ir-se50")]["sha256_ok"] is False
     with pytest.raises(checkpoints.CorruptCheckpointError, match="differs from the expected 0000"):
         registry.get("arcface-ir-se50")
@@ -139,13 +147,13 @@ def test_wrong_top_level_keys_list_expected_and_found(registry):
 
 
 def test_a_state_dict_that_does_not_fit_names_what_differs(registry, monkeypatch):
-    _register(monkeypatch, "arcface-ir-se50", builder="torch.nn:Linear", config={"in_features": 3, "out_features": 2})
-    path = _put(registry, "arcface-ir-se50", {"weight": torch.ones(2, 4), "extra": torch.ones(1)})
+    _register(monkeypatch, "arcface-ir-se50", **TINY)
+    path = _put(registry, "arcface-ir-se50", {"linear.weight": torch.ones(2, 4), "extra": torch.ones(1)})
     with pytest.raises(CheckpointKeysError) as caught:
         registry.get("arcface-ir-se50")
     assert str(caught.value) == (
-        f"{path} does not fit torch.nn:Linear(in_features=3, out_features=2): missing 1: bias; unexpected 1: extra; "
-        f"wrong shape 1: weight (2, 4) (network: (2, 3))"
+        f"{path} does not fit models.directions:DirectionMatrix(shift_dim=2, input_dim=3, w_plus=False): missing 1: "
+        f"linear.bias; unexpected 1: extra; wrong shape 1: linear.weight (2, 4) (network: (2, 3))"
     )
 
 
@@ -163,41 +171,44 @@ def test_an_unsafe_official_file_is_refused_and_leaves_no_cache(registry, tmp_pa
 
 
 def test_registry_converts_once_and_follows_a_replaced_file(registry, monkeypatch):
-    _register(monkeypatch, "arcface-ir-se50", builder="torch.nn:Linear", config={"in_features": 3, "out_features": 2})
-    _put(registry, "arcface-ir-se50", {"weight": torch.ones(2, 3), "bias": torch.zeros(2)})
-    assert torch.equal(registry.get("arcface-ir-se50").weight, torch.ones(2, 3))
+    _register(monkeypatch, "arcface-ir-se50", **TINY)
+    _put(registry, "arcface-ir-se50", {"linear.weight": torch.ones(2, 3), "linear.bias": torch.zeros(2)})
+    assert torch.equal(registry.get("arcface-ir-se50").linear.weight, torch.ones(2, 3))
     assert registry.cache_path("arcface-ir-se50") == registry.root / ".cache" / "arcface-ir-se50.safetensors"
-    assert torch.equal(load_safetensors(registry.cache_path("arcface-ir-se50"))[0]["weight"], torch.ones(2, 3))
+    assert torch.equal(load_safetensors(registry.cache_path("arcface-ir-se50"))[0]["linear.weight"], torch.ones(2, 3))
 
     with monkeypatch.context() as patched:
         _never_unpickle(patched)
-        assert torch.equal(registry.get("arcface-ir-se50").weight, torch.ones(2, 3))
+        assert torch.equal(registry.get("arcface-ir-se50").linear.weight, torch.ones(2, 3))
 
-    _put(registry, "arcface-ir-se50", {"weight": torch.full((2, 3), 5.0), "bias": torch.zeros(2)})
-    assert torch.equal(registry.get("arcface-ir-se50").weight, torch.full((2, 3), 5.0))
+    _put(registry, "arcface-ir-se50", {"linear.weight": torch.full((2, 3), 5.0), "linear.bias": torch.zeros(2)})
+    assert torch.equal(registry.get("arcface-ir-se50").linear.weight, torch.full((2, 3), 5.0))
 
 
 def test_a_safetensors_file_carries_its_own_config(registry, monkeypatch):
-    _register(monkeypatch, "demo-generator", builder="torch.nn:Linear", config={"in_features": 3, "out_features": 2})
+    _register(monkeypatch, "demo-generator", **TINY)
     path = registry.root / WEIGHT_FILES["demo-generator"].filename
-    save_safetensors({"weight": torch.ones(4, 5), "bias": torch.ones(4)}, path,
-                     {"config": {"in_features": 5, "out_features": 4}, "entries": {"note": "trained"}})
-    assert registry.get("demo-generator").weight.shape == (4, 5)
+    save_safetensors({"linear.weight": torch.ones(4, 5), "linear.bias": torch.ones(4)}, path,
+                     {"config": _tiny(5, 4)["config"], "entries": {"note": "trained"}})
+    assert registry.get("demo-generator").linear.weight.shape == (4, 5)
     assert registry.load_state("demo-generator").entries == {"note": "trained"}
 
 
 def test_get_returns_eval_mode_on_the_device(registry, monkeypatch):
-    _register(monkeypatch, "arcface-ir-se50", builder="torch.nn:Dropout", config={"p": 0.9})
-    _put(registry, "arcface-ir-se50", {})
-    dropout = registry.get("arcface-ir-se50", device="cpu")
-    assert not dropout.training and torch.equal(dropout(torch.ones(100)), torch.ones(100))
+    config = {"widths": [4], "hidden": 4, "outputs": 2}  # a Face3DRegressor: batch norms and dropout-free layers
+    _register(monkeypatch, "arcface-ir-se50", builder="models.face3d.regressor:Face3DRegressor", config=config)
+    _put(registry, "arcface-ir-se50", build("models.face3d.regressor:Face3DRegressor", config).state_dict())
+    network = registry.get("arcface-ir-se50", device="cpu")
+    assert not any(module.training for module in network.modules())
+    assert all(value.device.type == "cpu" for value in network.state_dict().values())
 
 
 def test_a_half_precision_file_fills_a_float32_network(registry, monkeypatch):
-    _register(monkeypatch, "arcface-ir-se50", builder="torch.nn:Linear", config={"in_features": 3, "out_features": 2})
-    _put(registry, "arcface-ir-se50", {"weight": torch.ones(2, 3, dtype=torch.float16), "bias": torch.zeros(2)})
+    _register(monkeypatch, "arcface-ir-se50", **TINY)
+    _put(registry, "arcface-ir-se50", {"linear.weight": torch.ones(2, 3, dtype=torch.float16),
+                                       "linear.bias": torch.zeros(2)})
     linear = registry.get("arcface-ir-se50")
-    assert linear.weight.dtype == torch.float32 and linear.weight.requires_grad
+    assert linear.linear.weight.dtype == torch.float32 and linear.linear.weight.requires_grad
     assert torch.equal(linear(torch.ones(1, 3)), torch.full((1, 2), 3.0))
 
 

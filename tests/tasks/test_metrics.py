@@ -11,14 +11,13 @@ import torch
 
 from models import MissingWeightsError
 from models.directions import NUM_PARAMS, PARAM_NAMES, DirectionMatrix, FaceParams, ParamRanges
-from models.face3d import build_face3d
 from models.identity import build_identity
 from models.images import to_signed
-from models.metrics.lpips import ALEXNET_FILE, build_lpips
-from models.metrics.inception import build_fid_inception
 from models.stylegan2 import Generator, Synthesis
 from models.synth.head import EXPRESSION_NAMES, sample_identity
 from models.synth.render import render, render_with_landmarks
+from storage import networks as registry_networks
+from storage.weights import WEIGHT_FILES, WeightsRegistry
 from tasks.metrics import (MetricNetworks, MetricsConfig, csim, distribution_scores, expression_distance,
                            fit_linearity, inception_features, lpips, pose_distance, sweep_directions)
 from training.face3d_regressor import EXPRESSION_RANGES, JAW_RANGE
@@ -46,9 +45,12 @@ def faces() -> np.ndarray:
     return np.concatenate([render(sample_identity(seed), params_at([(0, 0, 0)])) for seed in (1, 2)])
 
 
+ALEXNET_FILE = WEIGHT_FILES["lpips-alexnet"].filename
+
+
 @pytest.fixture(scope="module")
 def regressor():
-    return build_face3d("synth-regressor")
+    return registry_networks.face3d_backend(WeightsRegistry(), "synth-regressor")
 
 
 # --- CSIM, LPIPS, FID / KID ---------------------------------------------------------------------------------------------
@@ -64,7 +66,7 @@ def test_csim_of_identical_images_is_one_and_carries_the_embedder_name(faces):
 
 
 def test_lpips_scores_of_pixels_equal_the_network_on_signed_images(faces):
-    network = build_lpips(random_backbone=True)
+    network = registry_networks.lpips(WeightsRegistry(), random_backbone=True)
     noisy = np.clip(faces.astype(int) + np.random.default_rng(0).integers(-20, 21, faces.shape), 0, 255).astype(np.uint8)
     scores = lpips(network, np.concatenate([faces, noisy]), np.concatenate([faces, faces]), batch_size=3)
     values = scores.table["lpips"].to_numpy()
@@ -77,7 +79,7 @@ def test_lpips_scores_of_pixels_equal_the_network_on_signed_images(faces):
 
 @pytest.mark.filterwarnings("ignore:Matrix is singular")  # 6 images in 64 dimensions
 def test_fid_and_kid_of_a_set_with_itself_and_with_another():
-    network = build_fid_inception(random_weights=True)
+    network = registry_networks.fid_inception(WeightsRegistry(), random_weights=True)
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
     features = inception_features(network, images, batch_size=4)
@@ -228,7 +230,7 @@ def test_linearity_sweep_with_a_stylegan2_generator():
         directions.linear.weight.mul_(30)  # visible changes from a random G
     wplus = generator.wplus_from_styles([torch.randn(2, 16)])
     _, landmarks = render_with_landmarks(sample_identity(6), params_at([(0, 0, 0)]))
-    face3d = build_face3d("synth-regressor")
+    face3d = registry_networks.face3d_backend(WeightsRegistry(), "synth-regressor")
     sweep = sweep_directions(generator, directions, face3d, wplus, ParamRanges.load(), magnitudes=(0.0, 6.0),
                              which=("yaw", "exp_00"), batch_size=3, landmarks=landmarks[0] * 32 / 256)
     assert len(sweep) == 2 * 2 * 2 and sweep["found"].all()
@@ -256,8 +258,8 @@ def test_metric_networks_load_from_the_weights_directory_or_say_what_is_missing(
     with pytest.raises(MissingWeightsError, match="pt_inception-2015-12-05-6726825d.pth"):
         networks.inception
 
-    trunk = {name: value for name, value in build_lpips(random_backbone=True).state_dict().items()
-             if name.startswith("features.")}
+    trunk = {name: value for name, value in registry_networks.lpips(WeightsRegistry(weights), random_backbone=True)
+             .state_dict().items() if name.startswith("features.")}
     torch.save(trunk, weights / ALEXNET_FILE)
     network = MetricNetworks(MetricsConfig(weights_dir=str(weights), device="cpu")).lpips
     assert network.name == "lpips-alex-v0.1"

@@ -8,9 +8,10 @@ import numpy as np
 import torch
 
 from models.directions import NUM_PARAMS, ParamRanges
-from models.face3d.regressor import SHAPE_SIZE as SYNTH_SHAPE_SIZE, load_regressor
+from models.face3d.regressor import SHAPE_SIZE as SYNTH_SHAPE_SIZE
 from models.stylegan2 import Generator
 from storage.store import ClipKey, ClipStore
+from storage.weights import WeightsRegistry
 from training.common.checkpoints import Export, save_export
 
 TINY_G = {"size": 32, "style_dim": 64, "n_mlp": 2, "channel_max": 32}
@@ -76,7 +77,7 @@ def write_world(root, generator, net3d=None, clips: int = 2, frames: int = FRAME
     from training.directions import SynthNet3D
 
     store = ClipStore.open(root / name, chunk_frames=8)
-    net3d = net3d or SynthNet3D(load_regressor(), torch.device("cpu"))
+    net3d = net3d or SynthNet3D(WeightsRegistry().get("face3d-synth-regressor"), torch.device("cpu"))
     readings = []
     for number in range(clips):
         key = ClipKey(f"id{number:02d}", "video", "00001")

@@ -9,7 +9,8 @@ import torch
 
 from flows.reenact_video import reenact_video
 from models import MissingWeightsError
-from models.metrics.lpips import build_lpips
+from storage.networks import lpips
+from storage.weights import WeightsRegistry
 from models.stylegan2 import Generator
 from storage.video import VideoReader
 from tasks.reenact import ReenactConfig, networks_for
@@ -36,7 +37,7 @@ def test_the_tuned_copy_fits_the_source_and_g_is_left_as_it_was():
     target = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4) * 2 - 1, size=32, mode="bilinear")
     before = {name: value.clone() for name, value in generator.state_dict().items()}
     tuned, report = tune_generator(generator, code, target, GeneratorTuningConfig(steps=40),
-                                   build_lpips(random_backbone=True))
+                                   lpips(WeightsRegistry(), random_backbone=True))
 
     assert report["steps"] == 40 and report["after"]["l2"] < 0.5 * report["before"]["l2"]
     assert report["after"]["lpips"] < report["before"]["lpips"]
