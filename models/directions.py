@@ -76,8 +76,15 @@ class ParamRanges:
 
     @classmethod
     def load(cls, path: str | Path = RANGES_PATH) -> ParamRanges:
-        """The table from a .npy file; by default the official VoxCeleb one that the released A was trained with."""
-        return cls(np.load(path).astype(np.float64))
+        """The table from a .npy file; by default the official VoxCeleb one that the released A was trained with.
+        Numbers only: an object array (a pickle inside, which could run code) is refused unread."""
+        try:
+            table = np.load(path, allow_pickle=False)
+        except ValueError as error:  # numpy's refusal of an object array, or a file that is not .npy
+            raise ValueError(f"{path} is not a ranges table of numbers: {error}") from None
+        if not isinstance(table, np.ndarray) or table.dtype.kind not in "fiu":
+            raise ValueError(f"{path} is not a ranges table of numbers ({type(table).__name__})")
+        return cls(table.astype(np.float64))
 
     @classmethod
     def of_directions(cls, entries: Mapping[str, Any]) -> ParamRanges:

@@ -45,6 +45,19 @@ class UnsafePickleError(pickle.UnpicklingError):
     """The pickle names a global that is not plain data; nothing from it was called."""
 
 
+# FLAME's largest array (posedirs, 5023 x 3 x 36) has 542k values; a stated size far past that is an attack on memory
+MAX_ARRAY_ELEMENTS = 50_000_000
+
+
+def _checked_shape(shape: Any, what: str) -> tuple[int, ...]:
+    """`shape` as plain non-negative ints of at most `MAX_ARRAY_ELEMENTS` values in all, else `UnsafePickleError`."""
+    shape = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
+    if not all(isinstance(side, int) and side >= 0 for side in shape) or math.prod(shape) > MAX_ARRAY_ELEMENTS:
+        raise UnsafePickleError(f"refusing {what} of shape {shape}: FLAME's arrays have at most "
+                                f"{MAX_ARRAY_ELEMENTS:,} values")
+    return shape
+
+
 class _ChumpyArray:
     """Stands in for `chumpy.ch.Ch`: keeps the array it stores under `x` and nothing else."""
 
@@ -62,7 +75,7 @@ class _SparseMatrix:
         self.data, self.indices, self.indptr = state["data"], state["indices"], state["indptr"]
 
     def dense(self) -> np.ndarray:
-        out = np.zeros(self.shape, dtype=np.asarray(self.data).dtype)
+        out = np.zeros(_checked_shape(self.shape, "a sparse matrix"), dtype=np.asarray(self.data).dtype)
         outer = np.repeat(np.arange(len(self.indptr) - 1), np.diff(self.indptr))
         index = (self.indices, outer) if self.compressed_axis == 1 else (outer, self.indices)
         np.add.at(out, index, self.data)
@@ -73,11 +86,18 @@ class _SparseRows(_SparseMatrix):
     compressed_axis = 0
 
 
+class _NDArray:
+    """Stands in for `numpy.ndarray`: a plain array of a checked size, whether called or passed to _reconstruct."""
+
+    def __new__(cls, shape: Any, dtype: Any = float) -> np.ndarray:
+        return np.ndarray(_checked_shape(shape, "an array"), dtype=dtype)
+
+
 def _reconstruct_ndarray(subtype: type, shape: Any, dtype: Any) -> np.ndarray:
     # numpy pickles an array as _reconstruct(ndarray, (0,), b'b') followed by its state; only plain ndarrays here
-    if subtype is not np.ndarray:
+    if subtype is not _NDArray:
         raise UnsafePickleError(f"refusing to rebuild an array of type {subtype!r}")
-    return np.ndarray(shape, dtype=np.uint8)
+    return np.ndarray(_checked_shape(shape, "an array"), dtype=np.uint8)
 
 
 def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
@@ -112,7 +132,7 @@ _ALLOWED: dict[tuple[str, str], Callable[..., Any] | type] = {
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct_ndarray,
     ("numpy.core.multiarray", "scalar"): np._core.multiarray.scalar,
     ("numpy._core.multiarray", "scalar"): np._core.multiarray.scalar,
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _NDArray,
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): _latin1_bytes,
     ("copy_reg", "_reconstructor"): _new_object,

@@ -13,7 +13,9 @@
 
 A checkpoint's safetensors is written first and its .pt last, both atomically, so a .pt on disk means a complete
 checkpoint: `latest_checkpoint` only looks at .pt files. Checkpoints are read back with the weights-only unpickler
-(`storage.checkpoints.load_checkpoint`), which is why every entry is tensors and plain data.
+(`storage.checkpoints.load_checkpoint`), which is why every entry is tensors and plain data; the constructor
+arguments they record (and those of any file training starts from) are checked against the weights registry's
+allow-list (`storage.weights.network_arguments`) before a network is built from them.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from torch import nn
 
 from storage.checkpoints import load_checkpoint, load_safetensors, save_safetensors, split_checkpoint
 from storage.files import atomic_path
-from storage.weights import WEIGHT_FILES, WeightsRegistry
+from storage.weights import (WEIGHT_FILES, NetworkArgumentsError, WeightsRegistry, builder_for_key, builder_of,
+                             file_entries, network_arguments)
 
 _STEP = re.compile(r"^step-(\d+)\.pt$")
 
@@ -127,8 +130,19 @@ def save_export(export: Export, path: Path, dtype: torch.dtype, metadata: Mappin
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    """A training checkpoint's entries, read weights-only (tensors on the CPU)."""
-    return load_checkpoint(path)
+    """A training checkpoint's entries, read weights-only (tensors on the CPU), its recorded constructor arguments
+    ('networks') checked: each is a network of the allow-list with known, plain, bounded arguments."""
+    checkpoint = load_checkpoint(path)
+    if "networks" in checkpoint:
+        checkpoint["networks"] = _checked_networks(checkpoint["networks"], path)
+    return checkpoint
+
+
+def _checked_networks(networks: Any, path: Path) -> dict[str, dict[str, Any]]:
+    if not isinstance(networks, Mapping):
+        raise NetworkArgumentsError(f"{path}: 'networks' must map checkpoint keys to constructor arguments")
+    return {key: network_arguments(builder_for_key(str(key), path).target, config, f"{path} ['networks'][{key!r}]")
+            for key, config in networks.items()}
 
 
 # --------------------------------------------------------------------------------------- weights to start from
@@ -158,16 +172,28 @@ def read_weights(spec: str, key: str | None, weights_dir: str | None = None) -> 
                                     f"nor a file")
     if path.suffix == ".safetensors":
         state, metadata = load_safetensors(path)
-        return SourceWeights(state, {**default, **metadata.get("config", {})}, path, {})
+        config = {**default, **metadata.get("config", {})}
+        if config:  # checked against the network the file says it holds, else the one its key names
+            config = network_arguments(_builder_of_file(metadata, key, path), config, path)
+        file_entries(metadata.get("entries", {}), path)
+        return SourceWeights(state, config, path, {})
     return _from_official(path, key, default)
 
 
+def _builder_of_file(metadata: Mapping[str, Any], key: str | None, path: Path) -> str:
+    if "builder" in metadata:
+        return builder_of(metadata["builder"], path).target
+    if key:
+        return builder_for_key(key, path).target
+    raise NetworkArgumentsError(f"{path} records constructor arguments but no 'builder' to check them against")
+
+
 def _from_official(path: Path, key: str | None, config: dict[str, Any]) -> SourceWeights:
-    checkpoint = load_checkpoint(path)
+    checkpoint = read_checkpoint(path)
     state, _ = split_checkpoint(checkpoint, key, (), path)
     networks = checkpoint.get("networks")
     if key and isinstance(networks, Mapping) and isinstance(networks.get(key), Mapping):
-        config = dict(networks[key])  # our own checkpoints record every network's constructor arguments
+        config = dict(networks[key])  # our own checkpoints record every network's constructor arguments (checked)
     others = {name: dict(value) for name, value in checkpoint.items()
               if key and name != key and isinstance(value, Mapping) and value
               and all(isinstance(v, torch.Tensor) for v in value.values())}

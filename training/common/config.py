@@ -71,8 +71,21 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
         target = result
         for parent in parents:
             target = target.setdefault(parent, {})
-        target[leaf] = yaml.safe_load(text) if text.strip() else None
+        target[leaf] = plain_yaml(text, f"override {item!r}") if text.strip() else None
     return result
+
+
+def plain_yaml(text: Any, source: str) -> Any:
+    """YAML (or JSON) as plain data: `yaml.safe_load` builds numbers, strings, lists and mappings only; a tag that
+    would build a Python object (`!!python/object/apply:os.system`) is refused, with nothing built or run."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as error:
+        raise ValueError(f"{source}: {error.problem} (line {error.problem_mark.line + 1 if error.problem_mark else '?'}"
+                         f"); config files hold plain values (numbers, strings, lists, mappings), never Python "
+                         f"objects: remove the tag") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"{source} is not valid YAML or JSON: {error}") from None
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +99,7 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """A config file's fields: YAML or JSON (JSON is YAML too), an empty file being no fields."""
     with open(path) as handle:
-        data = yaml.safe_load(handle) or {}
+        data = plain_yaml(handle, str(path)) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config file holds a mapping of field names to values")
     return data
