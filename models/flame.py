@@ -41,7 +41,7 @@ NPZ_FORMAT = "flame-npz-1"
 # Reading the Python 2 pickles without running them
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
     """The pickle names a global that is not plain data; nothing from it was called."""
 
 
