@@ -1,4 +1,4 @@
-"""Pure torch/numpy networks, detectors and their checkpoint loaders (no Prefect, no storage imports)."""
+"""Pure torch/numpy networks and detectors (no Prefect, no storage imports): the weights registry reads their files."""
 
 
 class MissingWeightsError(FileNotFoundError):

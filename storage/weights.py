@@ -31,9 +31,10 @@ import importlib
 import importlib.util
 import math
 import os
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping, Union, get_args, get_origin
 
 import torch
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
@@ -221,16 +222,29 @@ def network_arguments(target: str, config: Any, source: str | os.PathLike = "the
 
 
 def describe_arguments(arguments: type[NetworkArguments]) -> str:
-    """'size (int, 4-1024, a power of two), ...': what a file may pass, for error messages and the README."""
+    """'size (int, ge 4, le 1024, a power of two), ...': what a file may pass, for error messages."""
     if not arguments.model_fields:
         return "none"
     parts = []
     for name, info in arguments.model_fields.items():
-        bounds = [f"{kind} {getattr(rule, kind)}" for rule in info.metadata for kind in ("ge", "gt", "le", "lt")
-                  if getattr(rule, kind, None) is not None]
-        annotation = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
-        parts.append(f"{name} ({annotation}{', ' + ', '.join(bounds) if bounds else ''})")
+        rules = [f"{kind} {getattr(rule, kind)}" for rule in info.metadata for kind in ("ge", "gt", "le", "lt")
+                 if getattr(rule, kind, None) is not None]
+        rules += ["a power of two" for rule in info.metadata if getattr(rule, "func", None) is _power_of_two]
+        parts.append(f"{name} ({', '.join([_type_name(info.annotation), *rules])})")
     return ", ".join(parts)
+
+
+def _type_name(annotation: Any) -> str:
+    origin, arguments = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _type_name(arguments[0])
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, arguments))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(argument) for argument in arguments)
+    if origin is list:
+        return f"list of {_type_name(arguments[0])}"
+    return "None" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
 
 
 def _short(value: Any, limit: int = 60) -> str:
