@@ -60,7 +60,9 @@ def _scan_directory(root: Path) -> list[ClipSource]:
 
 
 def _read_list(list_file: Path, root: Path) -> list[ClipSource]:
-    table = pd.read_parquet(list_file) if list_file.suffix.lower() == ".parquet" else pd.read_csv(list_file)
+    # every cell as text: a clip named 00001 stays 00001, and an empty cell stays empty (not NaN)
+    table = (pd.read_parquet(list_file) if list_file.suffix.lower() == ".parquet"
+             else pd.read_csv(list_file, dtype=str, keep_default_na=False))
     if "path" not in table.columns:
         raise ValueError(f"{list_file} needs a 'path' column (found {list(table.columns)})")
     sources = []

@@ -264,12 +264,12 @@ class ClipStore:
         return self.root / CLIPS / key.identity / key.video / key.clip
 
     def clips(self) -> list[ClipKey]:
-        """Published clips, sorted."""
+        """Published clips, sorted (a clip whose metadata is damaged too: reading it raises ClipDataError)."""
         base = self.root / CLIPS
         found = []
         for meta in base.glob("*/*/*/zarr.json"):
             parts = meta.parent.relative_to(base).parts
-            if all(_PART.match(part) for part in parts) and _node_type(meta) == "group":
+            if all(_PART.match(part) for part in parts) and _node_type(meta) != "array":
                 found.append(ClipKey(*parts))
         return sorted(found)
 
@@ -447,9 +447,10 @@ class ClipStore:
                     removed += 1
         return removed
 
-    def unreferenced_versions(self) -> list[Path]:
+    def unreferenced_versions(self, older_than_s: float | None = None) -> list[Path]:
         """Versions no clip links to and not retired: left by a writer killed between moving a version into place and
-        swapping the link (or after the swap, before marking the old one). Only those older than the stale time."""
+        swapping the link (or after the swap, before marking the old one). Only those older than `older_than_s`
+        (default: the stale time; a live writer's version is unreferenced for the milliseconds of its swap)."""
         versions = self.root / VERSIONS
         if not versions.exists():
             return []
@@ -460,7 +461,7 @@ class ClipStore:
                 used.add(version)
                 used.update(Path(os.path.realpath(version / stage)) for stage in _stage_names(version))
         retired = {versions / m.name.removesuffix(RETIRED) for m in versions.glob(f"*{RETIRED}")}
-        old = time.time() - self.stale_after_s
+        old = time.time() - (self.stale_after_s if older_than_s is None else older_than_s)
         return sorted(path for path in versions.iterdir()
                       if path.is_dir() and path not in used and path not in retired and path.stat().st_mtime < old)
 
@@ -606,7 +607,8 @@ def _incomplete(folder: Path, expect: Mapping[str, ArraySpec], frames: int | Non
         if dtype != str(np.dtype(spec.dtype)):
             problems.append(f"{name}: dtype {dtype}, expected {np.dtype(spec.dtype)}")
         if len(shape) != len(spec.shape) or any(want is not None and got != want for got, want in zip(shape, spec.shape)):
-            problems.append(f"{name}: shape {list(shape)}, expected {['T' if s is None else s for s in spec.shape]}")
+            wanted = ", ".join("T" if s is None else str(s) for s in spec.shape)
+            problems.append(f"{name}: shape {list(shape)}, expected [{wanted}]")
             continue
         for got, want in zip(shape, spec.shape):
             if want is None:
