@@ -30,6 +30,7 @@ raises an error that names the clip and the chunk, never zeros or a bare codec e
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import math
@@ -520,7 +521,8 @@ class _CheckedStore(LocalStore):
         if expected is not None and byte_range is None:
             size, crc = expected
             data = value.as_numpy_array()
-            if len(data) != size or zlib.crc32(data) != crc:
+            # in a worker thread, like the read itself: zlib releases the GIL, so chunks are checked in parallel
+            if len(data) != size or await asyncio.to_thread(zlib.crc32, data) != crc:
                 raise CorruptChunkError(f"{where} is corrupt: its bytes differ from those published ({len(data)} "
                                         f"bytes now, {size} then): {repair}")
         return value
