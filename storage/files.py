@@ -65,7 +65,6 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
 
 HEARTBEAT_S = 30.0  # a live lease's file is touched this often
 STALE_AFTER_S = 600.0  # a lease untouched this long is stale, wherever its writer runs
-GONE_AFTER_S = 2 * HEARTBEAT_S  # a lease of a dead process on this host is stale once its heartbeat is this old
 
 
 class Lease:
@@ -80,8 +79,8 @@ class Lease:
     @classmethod
     def take(cls, path: str | os.PathLike) -> "Lease":
         lease = cls(Path(path), uuid.uuid4().hex)
-        record = {"owner": lease.owner, "host": socket.gethostname(), "pid": os.getpid(),
-                  "started": time.time()}
+        record = {"owner": lease.owner, "host": socket.gethostname(), "pid_namespace": _pid_namespace(),
+                  "pid": os.getpid(), "started": time.time()}
         with atomic_path(lease.path) as partial:
             partial.write_text(json.dumps(record))
         _heartbeat.add(lease.path)
@@ -107,8 +106,8 @@ def read_lease(path: str | os.PathLike) -> dict | None:
 
 def stale_reason(path: str | os.PathLike, stale_after_s: float = STALE_AFTER_S) -> str | None:
     """Why the lease at `path` is stale, or None while its writer may still be working: stale when its heartbeat is
-    older than `stale_after_s`, or when its writer ran on this host, has exited, and missed two heartbeats (the
-    grace keeps a live writer in another PID namespace with the same host name safe)."""
+    older than `stale_after_s`, or at once when its writer ran on this host, in this PID namespace (a container with
+    the same host name has its own), and has exited."""
     try:
         age = time.time() - os.stat(path).st_mtime
     except FileNotFoundError:
@@ -116,9 +115,17 @@ def stale_reason(path: str | os.PathLike, stale_after_s: float = STALE_AFTER_S) 
     if age > stale_after_s:
         return f"no heartbeat for {age:.0f} s"
     record = read_lease(path) or {}
-    if record.get("host") == socket.gethostname() and age > GONE_AFTER_S and not _alive(record.get("pid")):
+    here = (socket.gethostname(), _pid_namespace())
+    if (record.get("host"), record.get("pid_namespace")) == here and not _alive(record.get("pid")):
         return f"its writer (pid {record.get('pid')} on this host) has exited"
     return None
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
 
 
 def _alive(pid) -> bool:

@@ -569,7 +569,9 @@ def _array_names(group: Path) -> list[str]:
 
 
 def _stage_names(version: Path) -> list[str]:
-    return sorted(p.name for p in version.iterdir() if _STAGE.match(p.name) and _node_type(p / "zarr.json") == "group")
+    """The sub-groups of a clip version (a stage whose metadata is damaged too)."""
+    return sorted(p.name for p in version.iterdir()
+                  if _STAGE.match(p.name) and (p / "zarr.json").exists() and _node_type(p / "zarr.json") != "array")
 
 
 def _array_meta(array: Path) -> dict:

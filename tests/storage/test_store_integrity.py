@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from storage.files import GONE_AFTER_S, STALE_AFTER_S
+from storage.files import STALE_AFTER_S
 from storage.store import (ArraySpec, ClipKey, ClipStore, CorruptChunkError, MissingChunkError, StoreError,
                            decode_name, encode_name)
 
@@ -105,10 +105,14 @@ def test_only_stale_staging_is_removed(tmp_path):
     os.kill(writer.pid, signal.SIGKILL)
     writer.join()
     lease = next((store.root / ".staging").glob("*.lease"))
-    # its writer is gone, but a heartbeat this fresh could belong to a live writer in another PID namespace
-    assert store.clean_staging() == 0 and lease.exists()
-    _age(lease, GONE_AFTER_S + 5)
-    assert store.clean_staging() == 1 and list((store.root / ".staging").iterdir()) == []
+    record = json.loads(lease.read_text())
+    assert store.clean_staging() == 1 and list((store.root / ".staging").iterdir()) == []  # its writer is gone
+
+    # the same host name in another PID namespace (a container): its pid says nothing here, only its heartbeat does
+    folder = store.root / ".staging" / "cafe"
+    (folder / "crops").mkdir(parents=True)
+    folder.with_suffix(".lease").write_text(json.dumps(record | {"pid_namespace": "pid:[1]"}))
+    assert store.clean_staging() == 0 and folder.exists()
 
     # a writer on another machine: alive while it beats, stale after STALE_AFTER_S without a heartbeat
     other = store.root / ".staging" / "f00d"
@@ -117,7 +121,9 @@ def test_only_stale_staging_is_removed(tmp_path):
     _age(other.with_suffix(".lease"), STALE_AFTER_S - 60)
     assert store.clean_staging() == 0 and other.exists()
     _age(other.with_suffix(".lease"), STALE_AFTER_S + 60)
-    assert store.clean_staging() == 1 and not other.exists() and not other.with_suffix(".lease").exists()
+    _age(folder.with_suffix(".lease"), STALE_AFTER_S + 60)
+    assert store.clean_staging() == 2 and not other.exists() and not other.with_suffix(".lease").exists()
+    assert list((store.root / ".staging").iterdir()) == []
 
 
 # --- publishing is checked -----------------------------------------------------------------------------------------
@@ -238,7 +244,8 @@ def test_a_replaced_clip_is_never_missing_even_when_the_writer_is_killed(tmp_pat
         writer.join()
         assert store.has(KEY) and store.check(KEY, full=True) == []
     assert reads > 10
-    assert store.clean_staging() == 0  # the killed writers' folders wait for their leases to go stale
+    store.clean_staging()  # the killed writers' leftovers: their writers are gone
+    assert list((store.root / ".staging").iterdir()) == [] and store.check(KEY, full=True) == []
 
 
 def test_a_stage_computed_from_a_replaced_clip_is_not_published(tmp_path):
