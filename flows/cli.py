@@ -442,7 +442,7 @@ def store_verify_command(
         runner = RunnerConfig(kind=task_runner, workers=workers, dask_address=dask_address)
         summary = store_verify(store=str(store), repair=repair, full=not quick, runner=runner)
     for line in summary.lines():
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, markup=False)  # clip names and paths may hold '[...]'
     if len(summary.damaged) > summary.repaired:
         raise typer.Exit(code=1)
 
