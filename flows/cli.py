@@ -63,6 +63,7 @@ def preprocess_dataset_command(
     box_smoothing: float = typer.Option(2.0, help=_pre["box_smoothing"].description),
     detect_max_side: int = typer.Option(640, help=_pre["detect_max_side"].description),
     batch_size: int = typer.Option(32, help=_pre["batch_size"].description),
+    accept_truncated: bool = typer.Option(False, "--accept-truncated", help=_pre["accept_truncated"].description),
     task_runner: str = typer.Option("local", help=_run["kind"].description),
     workers: int = typer.Option(1, help=_run["workers"].description),
     dask_address: Optional[str] = typer.Option(None, help=_run["dask_address"].description),
@@ -71,14 +72,16 @@ def preprocess_dataset_command(
 ) -> None:
     """Decode videos, detect and align faces, and write 256x256 crops, landmarks and boxes to the clip store.
 
-    Re-running skips clips whose source file and settings are unchanged; a killed run leaves no half-written clip.
+    Re-running skips clips whose source file and settings are unchanged and whose stored chunks are all there; a
+    killed run leaves no half-written clip, and several runs may write one store at once. A video with fewer
+    readable frames than its container declares fails unless --accept-truncated.
     """
     from flows.preprocess_dataset import preprocess_dataset
 
     with user_errors():
         config = PreprocessConfig(fps=fps, detector=detector, weights_dir=str(weights_dir) if weights_dir else None,
                                   crop_size=crop_size, box_smoothing=box_smoothing, detect_max_side=detect_max_side,
-                                  batch_size=batch_size)
+                                  batch_size=batch_size, accept_truncated=accept_truncated)
         runner = RunnerConfig(kind=task_runner, workers=workers, dask_address=dask_address)
         summary = preprocess_dataset(input=str(input), store=str(store), config=config, runner=runner,
                                      input_root=str(input_root) if input_root else None, limit=limit)
@@ -393,20 +396,55 @@ def make_synthetic_dataset_command(
 
 @app.command("store-info")
 def store_info(store: Path = typer.Argument(..., help="A clip store written by preprocess-dataset.")) -> None:
-    """Show the manifest of a clip store: one line per clip with its status, frames and error."""
-    from storage.manifest import read_manifest
+    """Show the manifest of a clip store: one line per clip with its status and frames, then every failed clip with
+    its reason, and the counts."""
+    from rich.markup import escape
+
+    from storage.manifest import is_missing, read_manifest
     from storage.store import ClipStore
 
     with user_errors():
         clip_store = ClipStore.open(store, create=False)
     manifest = read_manifest(clip_store.manifest_path)
-    table = Table("clip", "status", "frames", "fps", "faces", "seconds", "error")
+    text = lambda value: "" if is_missing(value) else escape(str(value))  # noqa: E731  (NaN: an empty parquet cell)
+    table = Table("clip", "status", "frames", "fps", "faces", "seconds")
     for row in manifest.to_dict("records"):
-        table.add_row(f"{row['identity']}/{row['video']}/{row['clip']}", row["status"], _fmt(row.get("frames")),
-                      _fmt(row.get("fps")), _fmt(row.get("faces_max")), _fmt(row.get("seconds_total")),
-                      row.get("error") or "")
+        key = f"{row['identity']}/{row['video']}/{row['clip']}"
+        name = text(row.get("name"))
+        table.add_row(escape(key) + (f"\n[dim]{name}[/]" if name and name != escape(key) else ""), text(row["status"]),
+                      _fmt(row.get("frames")), _fmt(row.get("fps")), _fmt(row.get("faces_max")),
+                      _fmt(row.get("seconds_total")))
     console.print(table)
+    failed = manifest[manifest["status"] == "failed"] if len(manifest) else manifest
+    for row in failed.to_dict("records"):
+        console.print(f"[red]failed[/] {escape(row['identity'])}/{escape(row['video'])}/{escape(row['clip'])}: "
+                      f"{text(row.get('error'))}", highlight=False)
+    counts = manifest["status"].value_counts().to_dict() if len(manifest) else {}
+    console.print(f"{len(manifest)} rows: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "skipped", "failed")))
     console.print(f"{len(clip_store.clips())} clips published in {clip_store.root}")
+
+
+@app.command("store-verify")
+def store_verify_command(
+    store: Path = typer.Argument(..., help="A clip store written by preprocess-dataset."),
+    repair: bool = typer.Option(False, "--repair", help="Preprocess damaged or missing clips again from their sources (with the config recorded in each); mark them failed when the source is gone; remove damaged stages and versions no clip uses."),
+    quick: bool = typer.Option(False, "--quick", help="Only check that every chunk file is there at its published size (what preprocess-dataset checks before skipping a clip), without reading the bytes."),
+    task_runner: str = typer.Option("local", help=_run["kind"].description),
+    workers: int = typer.Option(1, help=_run["workers"].description),
+    dask_address: Optional[str] = typer.Option(None, help=_run["dask_address"].description),
+) -> None:
+    """Check every clip of a store against the checksums recorded when it was published: report each clip that is
+    incomplete, unreadable, or whose bytes changed (naming the array and chunk), and each clip the manifest lists
+    as made that the store lacks. Exits 1 while any damage remains."""
+    from flows.store_verify import store_verify
+
+    with user_errors():
+        runner = RunnerConfig(kind=task_runner, workers=workers, dask_address=dask_address)
+        summary = store_verify(store=str(store), repair=repair, full=not quick, runner=runner)
+    for line in summary.lines():
+        console.print(line, highlight=False, markup=False)  # clip names and paths may hold '[...]'
+    if len(summary.damaged) > summary.repaired:
+        raise typer.Exit(code=1)
 
 
 def _training_command(name: str, flow_path: str, config_path: str, example: str, doc: str) -> None:

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from prefect import flow, get_run_logger, unmapped
 from pydantic import BaseModel
 
 import tasks  # noqa: F401
 from storage.inputs import discover
-from storage.manifest import upsert_manifest
+from storage.manifest import compact_manifest
 from storage.store import ClipStore
 from tasks.preprocess import PreprocessConfig, detector_for, preprocess_clip_task
 from tasks.progress import collect_rows
 from tasks.runners import RunnerConfig
-
-MANIFEST_EVERY_S = 10.0  # rewrite the manifest at most this often while clips finish
 
 
 class PreprocessSummary(BaseModel):
@@ -41,19 +38,21 @@ def preprocess_dataset(
 ) -> PreprocessSummary:
     """Preprocess every clip under `input` (VoxCeleb-layout directory, or a .csv/.parquet list of paths).
 
-    Clips already in the store with the same source hash and config hash are skipped; the manifest gets one row per
-    clip of this run (ok / failed / skipped) and keeps the rows of other clips.
+    Clips already in the store with the same source hash and config hash are skipped when they pass the store's
+    cheap check (a damaged one is computed again); the manifest gets one row per clip of this run (ok / failed /
+    skipped), each as the clip finishes, and keeps the rows of other clips. Other runs may write the same store
+    at the same time.
     """
     started = time.perf_counter()
     sources = discover(input, input_root)[:limit]
     detector_for(config)  # fail fast on a setup problem (unknown detector, missing weights) before any clip
     clip_store = ClipStore.open(store)
-    cleaned = clip_store.clean_staging()
+    cleaned = clip_store.clean_staging()  # only what no live writer owns
     logger = get_run_logger()
     logger.info("%d clips from %s -> %s%s", len(sources), input, clip_store.root,
-                f" (removed {cleaned} leftovers of an interrupted run)" if cleaned else "")
+                f" (removed {cleaned} leftovers of interrupted runs)" if cleaned else "")
     rows = _run_clips.with_options(task_runner=runner.build())(sources, str(clip_store.root), config)
-    upsert_manifest(clip_store.manifest_path, rows)
+    compact_manifest(clip_store.manifest_path)
     counts = {status: sum(r["status"] == status for r in rows) for status in ("ok", "skipped", "failed")}
     for row in rows:
         if row["status"] == "failed":
@@ -69,7 +68,6 @@ def preprocess_dataset(
 
 @flow(name="preprocess-clips")
 def _run_clips(sources, store_path: str, config: PreprocessConfig) -> list[dict]:
-    """Fan the clips out on the chosen task runner; rewrite the manifest as results arrive so a killed run keeps them."""
+    """Fan the clips out on the chosen task runner (each task records its own manifest row as it finishes)."""
     futures = preprocess_clip_task.map(sources, store_path=unmapped(store_path), config=unmapped(config))
-    manifest = Path(store_path) / "manifest.parquet"
-    return collect_rows(futures, "clips", save=lambda rows: upsert_manifest(manifest, rows), every_s=MANIFEST_EVERY_S)
+    return collect_rows(futures, "clips")

@@ -7,6 +7,7 @@ inside the `imageio-ffmpeg` wheel.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -23,12 +24,35 @@ class VideoError(RuntimeError):
     """A file that cannot be used as a video; the message says why in words a user can act on."""
 
 
+class TruncatedVideoError(VideoError):
+    """A video with fewer readable frames than its container declares, or a decoder error mid-stream."""
+
+    def __init__(self, message: str, readable: int, declared: int):
+        super().__init__(message)
+        self.readable = readable
+        self.declared = declared
+
+
+# A file may hold this many frames fewer than its container declares and still count as whole (encoders and muxers
+# disagree by a frame or two at the ends); more missing is truncation.
+TRUNCATION_TOLERANCE_FRAMES = 2
+TRUNCATION_TOLERANCE_FRACTION = 0.01
+# Resampling may repeat a source frame this many times on average (a 2.5 fps file at --fps 25); more means a
+# broken time base (e.g. seconds written as ticks), and planning it would multiply the work without bound.
+MAX_REPEAT = 10
+
+
+def truncation_tolerance(declared: int) -> int:
+    return max(TRUNCATION_TOLERANCE_FRAMES, int(declared * TRUNCATION_TOLERANCE_FRACTION))
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     """What `probe` learns about a file before any frame is decoded."""
 
     path: str
     frames: int  # counted video packets (container metadata is often missing or wrong)
+    declared_frames: int  # what the container says (its frame count, else duration x rate; 0 if it says nothing)
     fps: float  # average frame rate
     width: int
     height: int
@@ -41,6 +65,11 @@ class VideoInfo:
     @property
     def grayscale(self) -> bool:
         return self.pixel_format.startswith("gray")
+
+    @property
+    def truncated(self) -> bool:
+        """Fewer frames in the file than its container declares, beyond the tolerance."""
+        return self.declared_frames - self.frames > truncation_tolerance(self.declared_frames)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -87,9 +116,11 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             duration = 0.0
         if average is None and duration > 0:
             average = Fraction(frames) / Fraction(duration)
+        declared = int(video.frames or 0) or (int(round(duration * float(average))) if average and duration > 0 else 0)
         info = VideoInfo(
             path=str(path),
             frames=frames,
+            declared_frames=declared,
             fps=float(average or 0.0),
             width=int(codec.width or 0),
             height=int(codec.height or 0),
@@ -140,10 +171,12 @@ class VideoReader:
     are the same bytes as these (both convert with libswscale's unscaled path).
     """
 
-    def __init__(self, path: str | os.PathLike, fps: float | None = None):
+    def __init__(self, path: str | os.PathLike, fps: float | None = None, accept_truncated: bool = False):
         import av
 
         self.path = str(path)
+        self.accept_truncated = accept_truncated
+        self.decode_error: str | None = None  # set when decoding stopped early (accept_truncated only)
         try:
             with av.open(self.path) as container:
                 stream = _video_stream(container)
@@ -157,22 +190,34 @@ class VideoReader:
         timestamps = (np.asarray(pts, np.float64) - base) * float(time_base)
         self.native_fps = float(average) if average else (len(pts) - 1) / max(timestamps[-1] - timestamps[0], 1e-9)
         self.fps = float(fps) if fps else self.native_fps
+        if fps:
+            _check_plan(timestamps, fps)
         self.indices = sample_indices(timestamps, fps)
+        self.source_frames = len(pts)
+        self.readable_frames = len(pts)  # fewer once decoding stopped early (accept_truncated)
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
-        """Yield consecutive batches of frames in output order; memory holds one batch at a time."""
+        """Yield consecutive batches of frames in output order; memory holds one batch at a time.
+
+        A decoder error, or a frame the decoder marks corrupt, raises TruncatedVideoError; with `accept_truncated`
+        the output ends before that frame instead (`len(self)` shrinks to match, `decode_error` says why), so a
+        second pass yields the same frames."""
         import av
 
         wanted = iter(self.indices.tolist())  # non-decreasing; a frame repeats where fps upsamples
         batch: list[np.ndarray] = []
         position, target = -1, next(wanted, None)
+        error = None
         try:
             with av.open(self.path) as container:
                 for position, frame in enumerate(container.decode(_video_stream(container))):
                     if target is None:
+                        break
+                    if frame.is_corrupt:
+                        error = "the decoder reports a damaged frame"
                         break
                     if position < target:
                         continue  # dropped by resampling: not converted
@@ -183,12 +228,58 @@ class VideoReader:
                             yield np.stack(batch)
                             batch = []
                         target = next(wanted, None)
+                else:
+                    position += 1
+                    if target is not None:
+                        error = "the file ends early"
         except av.error.FFmpegError as err:
-            raise VideoError(f"cannot decode frame {position + 1} ({_first_line(err)})") from err
-        if target is not None:
-            raise VideoError(f"cannot decode frame {position + 1} (the file ends early)")
+            position += 1
+            error = _first_line(err)
+        if error is not None and target is not None:
+            readable = position  # frames decoded cleanly before the problem
+            if not self.accept_truncated:
+                raise TruncatedVideoError(
+                    f"truncated or damaged: cannot decode frame {readable + 1} of {self.source_frames} ({error}); "
+                    f"{readable} frames readable (--accept-truncated keeps them)", readable, self.source_frames)
+            self.decode_error = f"frame {readable + 1}: {error}"
+            self.readable_frames = readable
+            self.indices = self.indices[self.indices < readable]
+            if not len(self.indices):
+                raise TruncatedVideoError(f"no readable frame ({error})", 0, self.source_frames)
         if batch:
             yield np.stack(batch)
+
+
+def _check_plan(timestamps: np.ndarray, fps: float) -> None:
+    """Refuse a resampling plan that repeats source frames more than MAX_REPEAT times on average, before any array of
+    that size exists (a broken time base can make a 2-second file span hours)."""
+    span = float(timestamps[-1] - timestamps[0])
+    planned = math.floor(span * fps + 1e-3) + 1
+    if planned > MAX_REPEAT * len(timestamps):
+        native = (len(timestamps) - 1) / span if span > 0 else float("inf")
+        raise VideoError(
+            f"implausible time stamps: {len(timestamps)} frames span {span:,.0f} s ({native:.3g} frames/s), so "
+            f"resampling to {fps:g} fps would make {planned:,} frames, each source frame repeated "
+            f"{planned / len(timestamps):,.0f} times (at most {MAX_REPEAT} allowed); the file's time base is likely "
+            "wrong: re-mux it with its real frame rate, or leave out --fps to keep its frames as they are")
+
+
+def count_readable(path: str | os.PathLike) -> tuple[int, str | None]:
+    """Frames that decode cleanly from the start, and why decoding stopped early (None when it did not). Cheap: no
+    colour conversion."""
+    import av
+
+    count, error = 0, None
+    try:
+        with av.open(str(path)) as container:
+            for frame in container.decode(_video_stream(container)):
+                if frame.is_corrupt:
+                    error = "the decoder reports a damaged frame"
+                    break
+                count += 1
+    except av.error.FFmpegError as err:
+        error = _first_line(err)
+    return count, error
 
 
 def read_frame(path: str | os.PathLike, index: int, fps: float | None = None) -> np.ndarray:

@@ -38,8 +38,8 @@ from models.face3d import code_layout
 from models.images import to_signed
 from storage.files import atomic_path
 from storage.manifest import finish_row
-from storage.store import ClipKey, ClipStore
 from storage.networks import face3d_backend
+from storage.store import ArraySpec, ClipKey, ClipStore
 from storage.weights import WeightsRegistry
 from tasks.preprocess import code_version
 
@@ -129,15 +129,18 @@ def encode_clip(key: ClipKey, store: ClipStore, config: EncodeConfig) -> dict:
            "encoder": config.encoder if INVERSION in config.stages else None}
     try:
         encoders = encoders_for(config)
-        todo = [stage for stage in config.stages
-                if (store.stage_attrs(key, stage) or {}).get("config_hash") != encoders.hashes[stage]]
-        row["stages_written"] = ",".join(todo)
         clip = store.clip(key)
+        damaged = {problem.split(":")[0].removeprefix("stage ") for problem in store.check(key)
+                   if problem.startswith("stage ")}
+        todo = [stage for stage in config.stages if stage in damaged
+                or (store.stage_attrs(key, stage) or {}).get("config_hash") != encoders.hashes[stage]]
+        row["stages_written"] = ",".join(todo)
         row["frames"] = len(clip)
         if not todo:
             return finish_row(row, "skipped", started)
         with ExitStack() as stages:
-            writers = {stage: stages.enter_context(store.write_stage(key, stage)) for stage in todo}
+            writers = {stage: stages.enter_context(store.write_stage(key, stage, _expected(stage, encoders), base=clip))
+                       for stage in todo}
             _encode_frames(clip, writers, encoders, config)
         return finish_row(row, "ok", started)
     except MissingWeightsError:
@@ -146,6 +149,14 @@ def encode_clip(key: ClipKey, store: ClipStore, config: EncodeConfig) -> dict:
         log.error("encoding %s failed:\n%s", key, traceback.format_exc())
         row["error"] = f"{type(err).__name__}: {err}"
     return finish_row(row, "failed", started)
+
+
+def _expected(stage: str, encoders: Encoders) -> dict[str, ArraySpec]:
+    """The arrays a stage must hold to be published (None: the clip's frame count)."""
+    if stage == FACE3D:
+        return {"params": ArraySpec("float32", (None, 15 + encoders.face3d.shape_size)),
+                "landmarks": ArraySpec("float32", (None, 68, 2)), "found": ArraySpec("bool", (None,))}
+    return {"wplus": ArraySpec("float16", (None, encoders.encoder.style_count, encoders.encoder.style_dim))}
 
 
 def _encode_frames(clip, writers: dict, encoders: Encoders, config: EncodeConfig) -> None:

@@ -24,10 +24,11 @@ from models.detect import align
 from models.detect.base import MissingWeightsError
 from models.temporal import nearest_true
 from storage.inputs import ClipSource
-from storage.manifest import finish_row
+from storage.manifest import finish_row, record_row
 from storage.networks import face_detector
-from storage.store import ClipStore
-from storage.video import VideoError, VideoInfo, VideoReader, probe, sha256_file
+from storage.store import ArraySpec, ClipStore, StoreError
+from storage.video import (TruncatedVideoError, VideoError, VideoInfo, VideoReader, count_readable, probe,
+                           sha256_file)
 from storage.weights import WeightsRegistry
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,11 @@ class PreprocessConfig(BaseModel):
     box_smoothing: float = Field(2.0, ge=0, description="Temporal smoothing of the crop box (Gaussian sigma in frames; 0 = off).")
     detect_max_side: int = Field(640, ge=64, description="Frames are downscaled to this longest side for detection.")
     batch_size: int = Field(32, ge=1, description="Frames decoded and analysed at once (fewer for very large frames).")
+    accept_truncated: bool = Field(False, description="Keep the readable part of a truncated or damaged video (noted in its manifest row and clip attrs) instead of failing it.")
 
     def config_hash(self) -> str:
-        fields = self.model_dump(exclude={"batch_size", "weights_dir"})
+        # accept_truncated changes no crop of a whole file; a truncated clip records it and is redone without it
+        fields = self.model_dump(exclude={"batch_size", "weights_dir", "accept_truncated"})
         fields["version"] = PREPROCESS_VERSION
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -76,25 +79,46 @@ def detector_for(config: PreprocessConfig):
     return cache[key]
 
 
-def preprocess_clip(source: ClipSource, store: ClipStore, config: PreprocessConfig) -> dict:
-    """Process one clip and return its manifest row. Input problems become a `failed` row, never an exception."""
+def clip_arrays(crop_size: int) -> dict[str, ArraySpec]:
+    """The arrays of a preprocessed clip (None: its frame count); the store publishes a clip only with all of them."""
+    return {"crops": ArraySpec("uint8", (None, crop_size, crop_size, 3)), "landmarks": ArraySpec("float32", (None, 68, 2)),
+            "boxes": ArraySpec("float32", (None, 4)), "has_face": ArraySpec("bool", (None,)),
+            "faces": ArraySpec("uint8", (None,))}
+
+
+def preprocess_clip(source: ClipSource, store: ClipStore, config: PreprocessConfig, force: bool = False) -> dict:
+    """Process one clip and return its manifest row. Input problems become a `failed` row, never an exception.
+
+    A clip already in the store from the same bytes with the same config is skipped when it passes the store's
+    cheap check (every array's chunks there at their published sizes); `force` computes it again regardless."""
     started = time.perf_counter()
-    row = {"identity": source.key.identity, "video": source.key.video, "clip": source.key.clip,
-           "source_path": str(source.path), "config_hash": config.config_hash(), "error": None}
+    row = {"identity": source.key.identity, "video": source.key.video, "clip": source.key.clip, "name": source.name,
+           "source_path": str(source.path), "config_hash": config.config_hash(),
+           "config": config.model_dump_json(exclude={"batch_size"}), "error": None}
     try:
         if source.error:
             raise VideoError(source.error)
         info = probe(source.path)
         row.update(source_frames=info.frames, source_fps=info.fps, width=info.width, height=info.height,
-                   has_audio=info.has_audio, source_sha256=sha256_file(source.path))
+                   declared_frames=info.declared_frames, has_audio=info.has_audio,
+                   source_sha256=sha256_file(source.path))
         row["seconds_probe"] = time.perf_counter() - started
-        if _already_done(store, source, row):
+        if not force and _already_done(store, source, row, config):
             return finish_row(row, "skipped", started)
-        reader = VideoReader(source.path, fps=config.fps)
+        if info.truncated and not config.accept_truncated:
+            readable, error = count_readable(source.path)
+            raise TruncatedVideoError(
+                f"truncated: cannot decode past frame {readable} of the {info.declared_frames} its container declares "
+                f"({error or 'the file ends early'}); {readable} frames readable (--accept-truncated keeps them)",
+                readable, info.declared_frames)
+        reader = VideoReader(source.path, fps=config.fps, accept_truncated=config.accept_truncated)
         batch = decode_batch_size(info, config.batch_size)
         t_analyse = time.perf_counter()
         landmarks, boxes, has_face, faces = analyse_faces(reader, batch, config)
         row["seconds_analyse"] = time.perf_counter() - t_analyse
+        if info.truncated or reader.decode_error:
+            row.update(truncated=True, readable_frames=reader.readable_frames,
+                       decode_error=reader.decode_error or "the file ends early")
         t_write = time.perf_counter()
         _write(store, source, reader, batch, config, landmarks, boxes, has_face, faces, info, row)
         row["seconds_write"] = time.perf_counter() - t_write
@@ -103,7 +127,9 @@ def preprocess_clip(source: ClipSource, store: ClipStore, config: PreprocessConf
         return finish_row(row, "ok", started)
     except MissingWeightsError:
         raise  # a setup problem, not a property of this clip: stop the run
-    except (VideoError, NoFaceError, OSError) as err:
+    except TruncatedVideoError as err:
+        row.update(error=str(err), truncated=True, readable_frames=err.readable)
+    except (VideoError, NoFaceError, StoreError, OSError) as err:
         row["error"] = str(err)
     except Exception as err:  # a bug or an unforeseen input: record it and let the batch go on
         log.error("unexpected error on %s:\n%s", source.path, traceback.format_exc())
@@ -111,13 +137,25 @@ def preprocess_clip(source: ClipSource, store: ClipStore, config: PreprocessConf
     return finish_row(row, "failed", started)
 
 
-def _already_done(store: ClipStore, source: ClipSource, row: dict) -> bool:
+def _already_done(store: ClipStore, source: ClipSource, row: dict, config: PreprocessConfig) -> bool:
+    """Same bytes, same config, and whole: the clip passes the store's cheap check (a clip that fails it is
+    computed again, never skipped)."""
     if not store.has(source.key):
         return False
-    attrs = store.attrs(source.key)
+    try:
+        attrs = store.attrs(source.key)
+    except (OSError, ValueError):
+        return False  # unreadable metadata: computed again
     if attrs.get("source_sha256") != row["source_sha256"] or attrs.get("config_hash") != row["config_hash"]:
         return False
-    row.update({k: attrs.get(k) for k in ("frames", "fps", "faces_max", "frames_without_face")})
+    if attrs.get("truncated") and not config.accept_truncated:
+        return False  # kept under --accept-truncated; without it the file is judged again
+    problems = store.check(source.key, stages=False)
+    if problems:
+        log.warning("%s fails the store's check (%s): preprocessing it again", source.key, "; ".join(problems[:3]))
+        return False
+    row.update({k: attrs.get(k) for k in ("frames", "fps", "faces_max", "frames_without_face", "truncated",
+                                          "readable_frames", "decode_error") if k in attrs})
     return True
 
 
@@ -149,7 +187,8 @@ def _fill_gaps(landmarks: np.ndarray, has_face: np.ndarray) -> np.ndarray:
 def _write(store, source, reader, batch, config, landmarks, boxes, has_face, faces, info, row) -> None:
     """Pass two: decode again, crop, and publish the clip atomically."""
     size = config.crop_size
-    with store.write_clip(source.key) as clip:
+    truncation = {k: row[k] for k in ("truncated", "readable_frames", "decode_error") if k in row}
+    with store.write_clip(source.key, expect=clip_arrays(size)) as clip:
         crops = clip.create("crops", (len(reader), size, size, 3), "uint8")
         for start, frames in zip(range(0, len(reader), batch), reader.batches(batch)):
             crops[start : start + len(frames)] = align.crop_faces(frames, boxes[start : start + len(frames)], size)
@@ -159,14 +198,20 @@ def _write(store, source, reader, batch, config, landmarks, boxes, has_face, fac
         clip.put("faces", faces.astype(np.uint8))
         clip.set_attrs(
             source_path=str(source.path), source_sha256=row["source_sha256"], config_hash=row["config_hash"],
+            name=dict(zip(("identity", "video", "clip"), source.names or str(source.key).split("/"))),
             config=config.model_dump(exclude={"batch_size"}), code_version=code_version(),
             preprocess_version=PREPROCESS_VERSION, fps=reader.fps, frames=len(reader),
             source=info.as_dict(), faces_max=int(faces.max()), frames_without_face=int((~has_face).sum()),
             landmarks_space="crop pixels", boxes_space="source-frame pixels, square x0 y0 x1 y1",
+            declared_frames=info.declared_frames, **truncation,
         )
 
 
 @task(name="preprocess-clip", cache_policy=NO_CACHE, task_run_name="preprocess {source.key}")
 def preprocess_clip_task(source: ClipSource, store_path: str, config: PreprocessConfig) -> dict:
-    """Prefect task around `preprocess_clip`; takes the store's path so it can run in another process (Dask)."""
-    return preprocess_clip(source, ClipStore.open(store_path), config)
+    """Prefect task around `preprocess_clip`; takes the store's path so it can run in another process (Dask). The row
+    goes to the manifest as soon as the clip is done, from wherever it ran."""
+    store = ClipStore.open(store_path)
+    row = preprocess_clip(source, store, config)
+    record_row(store.manifest_path, row)
+    return row

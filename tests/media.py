@@ -74,3 +74,38 @@ def truncated(path: Path, source: Path, keep: float = 0.5) -> Path:
     data = source.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
     return path
+
+
+def _video_media_header(data: bytes) -> int:
+    """Offset of the video track's `mdhd` box type in an mp4 (the track whose handler is 'vide')."""
+    start = 0
+    while (trak := data.find(b"trak", start)) >= 0:
+        size = int.from_bytes(data[trak - 4 : trak], "big")
+        box = data[trak - 4 : trak - 4 + size]
+        handler = box.find(b"hdlr")
+        if handler >= 0 and box[handler + 12 : handler + 16] == b"vide":
+            return trak - 4 + box.find(b"mdhd")
+        start = trak + 4
+    raise ValueError("no video track")
+
+
+def absurd_time_base(path: Path, source: Path, timescale: int = 1) -> Path:
+    """A copy of an mp4 whose video track's time scale says `timescale` ticks a second (one, by default): its frame
+    times stay in the original ticks, so a 25 fps clip reads as ~0.002 fps and 2 s span hours."""
+    data = bytearray(source.read_bytes())
+    header = _video_media_header(bytes(data))
+    version = data[header + 4]
+    offset = header + 8 + (16 if version == 1 else 8)  # after the type, version/flags and creation/modification times
+    data[offset : offset + 4] = timescale.to_bytes(4, "big")
+    path.write_bytes(bytes(data))
+    return path
+
+
+def damaged_middle(path: Path, source: Path, at: float = 0.6, length: int = 200, seed: int = 0) -> Path:
+    """A copy of a file with `length` random bytes written over it at fraction `at` of its size: a container that
+    is whole, with a damaged frame inside."""
+    data = bytearray(source.read_bytes())
+    start = int(len(data) * at)
+    data[start : start + length] = np.random.default_rng(seed).integers(0, 256, length, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    return path

@@ -9,7 +9,7 @@ def test_help_lists_one_command_per_flow():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
     for command in ("preprocess-dataset", "encode-dataset", "make-synthetic-dataset", "reenact-video",
-                    "reenact-dataset", "demo", "store-info", "weights", "evaluate", "benchmark-report",
+                    "reenact-dataset", "demo", "store-info", "store-verify", "weights", "evaluate", "benchmark-report",
                     "train-demo-weights"):
         assert command in result.output
 

@@ -22,7 +22,9 @@ DEMO_CLIPS = 5
 
 
 def _reenact(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([str(BIN / "reenact"), *args], env=env or os.environ.copy(), cwd=ROOT,
+    env = dict(env or os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])  # this checkout's code
+    return subprocess.Popen([str(BIN / "reenact"), *args], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kwargs)
 
 
@@ -62,6 +64,68 @@ def test_killed_run_resumes_without_half_written_or_duplicate_clips(tmp_path):
     assert skipped == {(k.identity, k.video, k.clip) for k in done_before}
     assert set(manifest["status"]) <= {"ok", "skipped"}
     assert not (store.root / ".staging").exists() or not any((store.root / ".staging").iterdir())
+
+
+@pytest.mark.slow
+def test_manifest_has_a_row_for_every_clip_published_before_a_kill(tmp_path):
+    store_path = tmp_path / "d.zarr"
+    run = _reenact("preprocess-dataset", str(DEMO_VIDEOS), "--store", str(store_path), "--fps", "25")
+    deadline = time.monotonic() + 400
+    while len(list((store_path / "clips").glob("*/*/*/zarr.json"))) < 3 and time.monotonic() < deadline:
+        assert run.poll() is None, run.stdout.read()
+        time.sleep(0.05)
+    published = ClipStore.open(store_path).clips()
+    time.sleep(1.0)  # a clip's row follows its publishing by milliseconds
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    assert 3 <= len(published) < DEMO_CLIPS, "the kill should land mid-run"
+    manifest = read_manifest(store_path / "manifest.parquet")  # merges the rows the killed run left as files
+    rows = {(r.identity, r.video, r.clip): r.status for r in manifest.itertuples()}
+    assert all(rows.get((k.identity, k.video, k.clip)) == "ok" for k in published), (published, rows)
+
+
+def _demo_listing(path: Path, numbers: list[int]) -> Path:
+    clips = sorted(p.relative_to(DEMO_VIDEOS).as_posix() for p in DEMO_VIDEOS.glob("*/*/*.mp4"))
+    path.write_text("path\n" + "".join(f"{clips[n]}\n" for n in numbers))
+    return path
+
+
+def _contents(store: ClipStore, key) -> dict:
+    clip = store.clip(key)
+    return {"arrays": {name: clip[name][:] for name in clip.arrays},
+            "attrs": json.loads((store.clip_dir(key) / "zarr.json").read_text())["attributes"]}  # checksums included
+
+
+@pytest.mark.slow
+def test_three_concurrent_runs_on_one_store_match_one_run_byte_for_byte(tmp_path):
+    store_path = tmp_path / "shared.zarr"
+    runs = [
+        _reenact("preprocess-dataset", str(DEMO_VIDEOS), "--store", str(store_path), "--fps", "25"),
+        _reenact("preprocess-dataset", str(_demo_listing(tmp_path / "first.csv", [0, 1, 2])), "--store",
+                 str(store_path), "--fps", "25", "--input-root", str(DEMO_VIDEOS)),
+        _reenact("preprocess-dataset", str(_demo_listing(tmp_path / "last.csv", [4, 3, 2])), "--store",
+                 str(store_path), "--fps", "25", "--input-root", str(DEMO_VIDEOS)),
+    ]
+    outputs = [run.communicate(timeout=900)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0], outputs
+    baseline_path = tmp_path / "baseline.zarr"
+    single = _reenact("preprocess-dataset", str(DEMO_VIDEOS), "--store", str(baseline_path), "--fps", "25")
+    output, _ = single.communicate(timeout=600)
+    assert single.returncode == 0, output
+
+    shared, baseline = ClipStore.open(store_path), ClipStore.open(baseline_path)
+    assert shared.clips() == baseline.clips() and len(shared.clips()) == DEMO_CLIPS  # nothing missing
+    for key in baseline.clips():
+        ours, theirs = _contents(shared, key), _contents(baseline, key)
+        assert ours["attrs"] == theirs["attrs"], key
+        for name, array in theirs["arrays"].items():
+            assert ours["arrays"][name].dtype == array.dtype and np.array_equal(ours["arrays"][name], array), (key, name)
+        assert shared.check(key, full=True) == []
+    manifest = read_manifest(shared.manifest_path)
+    assert len(manifest) == DEMO_CLIPS and not manifest.duplicated(["identity", "video", "clip"]).any()
+    assert set(manifest["status"]) <= {"ok", "skipped"}
+    assert not any(p.is_dir() for p in (shared.root / ".staging").iterdir())  # every run's staging published
+    assert shared.unreferenced_versions(older_than_s=0) == []  # every version is a clip's or marked replaced
 
 
 @pytest.mark.slow

@@ -88,3 +88,33 @@ def test_rotated_file_is_turned_upright_as_ffmpeg_shows_it(tmp_path):
     assert decoded.shape == (3, 80, 48, 3)  # upright: portrait
     expected = np.frombuffer(shown, np.uint8).reshape(3, 80, 48, 3)
     assert np.abs(decoded.astype(int) - expected).mean() < 2
+
+
+def test_truncated_file_is_seen_by_probe_and_a_damaged_frame_by_the_reader(tmp_path):
+    from storage.video import TruncatedVideoError, count_readable
+    from tests.media import DEMO_VIDEOS, damaged_middle
+
+    whole = write_clip(tmp_path / "whole.mp4", face_frames(50), audio=True)
+    cut = probe(truncated(tmp_path / "cut.mp4", whole, keep=0.7))
+    assert (cut.declared_frames, cut.frames, cut.truncated) == (50, 12, True) and not probe(whole).truncated
+    damaged = damaged_middle(tmp_path / "damaged.mp4", DEMO_VIDEOS / "id00001" / "astronaut01" / "00001.mp4")
+    assert not probe(damaged).truncated and count_readable(damaged) == (25, "the decoder reports a damaged frame")
+    with pytest.raises(TruncatedVideoError, match=r"cannot decode frame 26 of 50 .*; 25 frames readable") as error:
+        for _ in VideoReader(damaged).batches(8):
+            pass
+    assert error.value.readable == 25
+    tolerant = VideoReader(damaged, accept_truncated=True)
+    first = np.concatenate(list(tolerant.batches(8)))
+    assert len(first) == len(tolerant) == tolerant.readable_frames == 25 and tolerant.decode_error.startswith("frame 26")
+    assert np.array_equal(first, np.concatenate(list(tolerant.batches(7))))  # the second pass: the same frames
+
+
+def test_a_broken_time_base_is_refused_before_decoding(tmp_path):
+    from tests.media import DEMO_VIDEOS, absurd_time_base
+
+    path = absurd_time_base(tmp_path / "slow.mp4", DEMO_VIDEOS / "id00001" / "astronaut01" / "00001.mp4")
+    assert probe(path).fps < 0.01 and path.stat().st_size < 60_000
+    with pytest.raises(VideoError, match=r"50 frames span 25,088 s .* would make 627,201 frames"):
+        VideoReader(path, fps=25)
+    assert len(VideoReader(path)) == 50  # its frames as they are: no resampling, no amplification
+    assert len(VideoReader(path, fps=0.019)) == 477  # repeating each frame up to 10 times is still allowed
