@@ -33,6 +33,7 @@ from tasks.stream import HeldItems, Stage
 
 CROP_SIZE = 256
 ANALYSIS_BATCH = 32  # crops read by the Net3D at once
+FIRST_BATCH = 8  # the first Net3D batch: enough for the first frame's smoothing window, small for a quick start
 HELD_IN_MEMORY = 48  # frames a look-ahead keeps in memory before it spills to a temporary file
 
 Estimate = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]  # crops, landmarks -> params, found
@@ -131,8 +132,8 @@ def cropped(frames: Iterable[DrivingFrame], keep_images: bool) -> Iterator[Drivi
 
 
 def read_faces(frames: Iterable[DrivingFrame], estimate: Estimate, batch: int) -> Iterator[DrivingFrame]:
-    """The Net3D's parameters of the crops, `batch` crops at a time."""
-    for group in batches(frames, batch):
+    """The Net3D's parameters of the crops, `batch` crops at a time (the first few batches smaller)."""
+    for group in batches(frames, batch, first=FIRST_BATCH):
         params, found = estimate(np.stack([frame.crop for frame in group]),
                                  np.stack([frame.crop_landmarks for frame in group]))
         for frame, values, ok in zip(group, params, found):
@@ -165,13 +166,14 @@ def smooth_parameters(frames: Iterable[DrivingFrame], sigma: float) -> Iterator[
         held.close()
 
 
-def batches(items: Iterable, size: int) -> Iterator[list]:
-    """Consecutive lists of `size` items (the last one shorter)."""
-    group = []
+def batches(items: Iterable, size: int, first: int | None = None) -> Iterator[list]:
+    """Consecutive lists of `size` items (the last one shorter); with `first`, the lists start at that size and
+    double up to `size`, so the first items leave early (the first written frame does not wait for a full batch)."""
+    group, wanted = [], min(first or size, size)
     for item in items:
         group.append(item)
-        if len(group) == size:
+        if len(group) == wanted:
             yield group
-            group = []
+            group, wanted = [], min(2 * wanted, size)
     if group:
         yield group

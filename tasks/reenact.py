@@ -59,7 +59,6 @@ from tasks.driving import (ANALYSIS_BATCH, DrivingFrame, NoReadableFaceError, an
 from tasks.encode import _AUTOCAST, FACE3D, INVERSION, EncodeConfig, Precision, encode_clip, encoders_for
 from tasks.preprocess import NoFaceError, PreprocessConfig, decode_batch_size, detector_for, preprocess_clip
 from tasks.stream import Pipeline, Stage
-from training.tune_generator import GeneratorTuningConfig, tune_generator
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +208,9 @@ class ReenactNetworks:
         reenactment does (truncated); as it is when tuning is off. Tuning runs in fp32 on the networks' device."""
         if config.tune_steps == 0 or source.generator is not None:
             return source
+        # imported here: the training loop it shares brings torchvision and more, which untuned runs do not need
+        from training.tune_generator import GeneratorTuningConfig, tune_generator
+
         generator = self.reenactor.generator
         with torch.no_grad():
             code = self.reenactor.truncate(torch.as_tensor(source.wplus[None], device=self.device))
@@ -701,7 +703,7 @@ class _Rendering:
         self._source_panel = None  # the source crop at the output's height, resized once
 
     def generate(self, frames: Iterable[DrivingFrame]) -> Iterator[DrivingFrame]:
-        for group in batches(frames, self.networks.batch_size(self.config)):
+        for group in batches(frames, self.networks.batch_size(self.config), first=1):
             if self.source is None:
                 self.source = self._source_of_first(group[0])
             generated = self.networks.generate(self.source, np.stack([frame.params for frame in group]))

@@ -137,13 +137,9 @@ class Pipeline:
 
     def _consume(self, items: Iterator[Any]) -> Iterator[Any]:
         """The last stage's items for the caller, timing the caller's work between them."""
-        handed = None
         for item in items:
-            if handed is not None:
-                self.consumer_seconds += time.perf_counter() - handed
-            yield item
             handed = time.perf_counter()
-        if handed is not None:
+            yield item  # the caller works on it until it asks for the next one
             self.consumer_seconds += time.perf_counter() - handed
 
     # --- queues that give way to a stop ------------------------------------------------------------------------------
