@@ -4,7 +4,7 @@
     python benchmarks/reenact.py --device cuda --batch-sizes 1,16,64,128 --precisions fp32,bf16,fp16
     python benchmarks/reenact.py --memory-seconds 10,120      # peak memory for a 2-minute driver, in subprocesses
     python benchmarks/reenact.py --demo-flow                  # the demo set on a 720p driver: streamed vs sequential
-    python benchmarks/reenact.py --demo-flow --memory-seconds 10,120 --repeats 3
+    python benchmarks/reenact.py --demo-flow --memory-only --memory-seconds 10,120
     python benchmarks/reenact.py --help
 
 The networks are the official release's architectures with fixed random weights (`tests.weights`), in their
@@ -186,6 +186,8 @@ def memory_run(arguments: argparse.Namespace, precision: str, seconds: float, sc
                "--precision-child", precision, "--scratch", str(scratch), "--face3d", arguments.face3d]
     if arguments.demo_flow:
         command += ["--demo-flow", "--height", str(arguments.height)]
+    # the driver is made here: making it in the child would set that process's peak (ru_maxrss only rises)
+    make_driver(_driver_path(arguments, scratch, seconds), seconds, height=arguments.height if arguments.demo_flow else None)
     if arguments.weights_dir:
         command += ["--weights-dir", arguments.weights_dir]
     if arguments.memory_batch:
@@ -196,18 +198,20 @@ def memory_run(arguments: argparse.Namespace, precision: str, seconds: float, sc
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _driver_path(arguments: argparse.Namespace, scratch: Path, seconds: float) -> Path:
+    return scratch / (f"driver-{seconds:g}s-{arguments.height}p.mp4" if arguments.demo_flow else f"driver-{seconds:g}s.mp4")
+
+
 def child_memory(arguments: argparse.Namespace) -> None:
     import torch
 
     from tasks.reenact import ReenactConfig, networks_for
 
     scratch = Path(arguments.scratch)
+    driver = _driver_path(arguments, scratch, arguments.child_memory)
     if arguments.demo_flow:
-        driver = make_driver(scratch / f"driver-{arguments.child_memory:g}s-{arguments.height}p.mp4",
-                             arguments.child_memory, height=arguments.height)
         config = demo_config(arguments.device)
     else:
-        driver = make_driver(scratch / f"driver-{arguments.child_memory:g}s.mp4", arguments.child_memory)
         config = ReenactConfig(weights_dir=str(weights_dir(arguments.weights_dir, scratch)), device=arguments.device,
                                precision=arguments.precision_child, face3d=arguments.face3d,
                                batch_size=arguments.memory_batch)
@@ -467,6 +471,7 @@ def main() -> None:
     parser.add_argument("--scratch", default=None, help="folder for drivers, weights and outputs (default: a temporary one)")
     parser.add_argument("--demo-flow", action="store_true", help="the demo set on a 720p driver: streamed vs sequential, analysis, tracking tolerance (and --memory-seconds)")
     parser.add_argument("--height", type=int, default=720, help="driver height of --demo-flow (16:9 frames)")
+    parser.add_argument("--memory-only", action="store_true", help="with --demo-flow: only the --memory-seconds runs")
     parser.add_argument("--child-memory", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--precision-child", default="fp32", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
@@ -481,7 +486,8 @@ def main() -> None:
     scratch = Path(arguments.scratch or tempfile.mkdtemp(prefix="bench-reenact-"))
     scratch.mkdir(parents=True, exist_ok=True)
     if arguments.demo_flow:
-        demo_flow(arguments, scratch)
+        if not arguments.memory_only:
+            demo_flow(arguments, scratch)
         lengths = [float(s) for s in arguments.memory_seconds.split(",") if s]
         if lengths:
             print(f"\npeak memory of the streamed flow, fresh processes, {arguments.height}p drivers")

@@ -186,6 +186,7 @@ def reenact_video_command(
 
     from flows.reenact_video import reenact_video
     from tasks.prefect_api import temporary_api_in_background
+    from tasks.preprocess import detector_for
     from tasks.reenact import networks_for
 
     # Prefect's temporary server starts while the networks load
@@ -194,6 +195,7 @@ def reenact_video_command(
                                  fps, detector, grid, paste_back, crf, feature_transformer, tune_steps,
                                  tune_lpips_weight).model_copy(update={"detect_every": detect_every})
         networks_for(config)  # setup problems (unknown set, missing weights) as one line, before the flow starts
+        detector_for(config.preprocess_config())  # an unknown detector too; its models load meanwhile as well
         api_ready()
         summary = reenact_video(driving=driving, output=str(output), source=source, source_frame=source_frame,
                                 mode=mode, config=config, store=str(store) if store else None, cache=cache)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import cv2
 import numpy as np
 
 from models import MissingWeightsError  # noqa: F401  (re-exported for the detector backends)
+
+if TYPE_CHECKING:
+    from models.detect.landmarks import LandmarkPredictor
 
 
 @dataclass(frozen=True, eq=False)  # arrays inside: faces compare by identity
@@ -74,6 +77,12 @@ class ScaledDetector:
 
     name = "base"
     max_side = 640
+    _landmarks: "LandmarkPredictor"  # set by each backend
+
+    @property
+    def predictor(self) -> "LandmarkPredictor":
+        """The 68-point predictor the backend places landmarks with (the face tracker follows faces with it)."""
+        return self._landmarks
 
     def _find(self, images: list[np.ndarray], upsample: bool) -> list[list[tuple[np.ndarray, float, np.ndarray | None]]]:
         """(box, score, five points or None) of each face found in each image, in that image's pixels.

@@ -64,7 +64,7 @@ class FaceTracker:
         self.detector = detector
         self.detect_every = detect_every
         self.fine_search_every = fine_search_every
-        self.predictor = predictor or getattr(detector, "_landmarks", None) or LandmarkPredictor()
+        self.predictor = predictor or getattr(detector, "predictor", None) or LandmarkPredictor()
         self.scales: list[float] | None = None  # detection levels of this video's frame size
         self.level = 0  # the level the face was found at: routine detections run there
         self.found_scale: float | None = None
