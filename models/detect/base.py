@@ -160,17 +160,6 @@ def resample(image: np.ndarray, scale: float) -> np.ndarray:
     return cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
 
 
-def downscale(frame: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
-    """The frame shrunk to `max_side` (area averaging, so small faces keep their edges), and the factor used.
-
-    Frames already small enough come back as they are, with factor 1: detectors are not fed upsampled copies.
-    """
-    scale = max_side / max(frame.shape[:2])
-    if scale >= 1:
-        return frame, 1.0
-    return cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA), scale
-
-
 def to_full_resolution(box: np.ndarray, scale: float) -> np.ndarray:
     """Points (a box, five points) found on a frame resized by `scale`, in full-resolution pixels (pixel centres
     stay centres)."""
