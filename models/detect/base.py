@@ -1,8 +1,10 @@
 """The face detector interface: every face of each frame, with a box, a score and 68 landmarks.
 
 Frames come in as uint8 RGB batches [B, H, W, 3] (one video, so one size). Detection runs on a copy downscaled to
-`max_side`, which is where its cost goes; boxes are mapped back to full-resolution pixels, and the 68 landmarks are
-predicted on the full-resolution frame, so the crop keeps the detail a 4K source has.
+`max_side` (the working scale), which is where its cost goes; small faces are searched at finer levels, up to twice
+the frame's size (`detection_scales`, `search_scales`), and one region of a frame can be searched alone
+(`detect_region`, the face tracker's key frames). Boxes are mapped back to full-resolution pixels, and the 68
+landmarks are predicted on the full-resolution frame, so the crop keeps the detail a 4K source has.
 """
 
 from __future__ import annotations
