@@ -176,26 +176,39 @@ def reenact_video_command(
     feature_transformer: Optional[str] = FEATURE_TRANSFORMER_OPTION,
     tune_steps: int = TUNE_STEPS_OPTION,
     tune_lpips_weight: float = TUNE_LPIPS_WEIGHT_OPTION,
+    detect_every: int = typer.Option(8, help=_ree["detect_every"].description),
 ) -> None:
     """Make the source face perform the driving video's head pose and expression, and write it as an mp4.
 
-    w_reenact = w_source + A(p_driving - p_source), rendered by G, frame by frame in batches (on the GPU when there
-    is one). Frames where the driving face is missed keep the last good parameters; the parameters are smoothed over
+    w_reenact = w_source + A(p_driving - p_source), rendered by G (on the GPU when there is one). The driving video
+    is read once: decoding, face analysis, the Net3D, G, composing and encoding run at the same time, each in its own
+    thread. Frames where the driving face is missed keep the last good parameters; the parameters are smoothed over
     time. Nothing is left at --output when the run fails.
     """
+    import psutil
+
     from flows.reenact_video import reenact_video
+    from tasks.prefect_api import temporary_api_in_background
+    from tasks.preprocess import detector_for
     from tasks.reenact import networks_for
 
-    with user_errors():
+    # Prefect's temporary server starts while the networks load
+    with user_errors(), temporary_api_in_background() as api_ready:
         config = _reenact_config(weights, face3d, truncation, weights_dir, device, precision, batch_size, smoothing,
                                  fps, detector, grid, paste_back, crf, feature_transformer, tune_steps,
-                                 tune_lpips_weight)
+                                 tune_lpips_weight).model_copy(update={"detect_every": detect_every})
         networks_for(config)  # setup problems (unknown set, missing weights) as one line, before the flow starts
+        detector_for(config.preprocess_config())  # an unknown detector too; its models load meanwhile as well
+        api_ready()
         summary = reenact_video(driving=driving, output=str(output), source=source, source_frame=source_frame,
                                 mode=mode, config=config, store=str(store) if store else None, cache=cache)
+    started = psutil.Process().create_time()
+    slowest = max(summary.stage_seconds, key=summary.stage_seconds.get)
     console.print(f"[bold]{summary.frames} frames[/] at {summary.fps:g} fps, {summary.width}x{summary.height}"
                   f"{', with audio' if summary.has_audio else ''}; {summary.frames_without_face} without a readable "
-                  f"face; {summary.seconds:.1f} s ({summary.frames_per_second:.1f} frames/s on {summary.device})")
+                  f"face; {summary.seconds:.1f} s ({summary.frames_per_second:.1f} frames/s on {summary.device}); "
+                  f"first frame written {summary.first_frame_at - started:.1f} s after the command started; slowest "
+                  f"stage: {slowest} ({summary.stage_seconds[slowest]:.1f} s)")
     console.print(f"video: {Path(summary.output).resolve()}")
 
 

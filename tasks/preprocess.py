@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from models.detect import align
-from models.detect.base import MissingWeightsError
+from models.detect.base import MissingWeightsError, detection_scales, working_scale
 from models.temporal import nearest_true
 from storage.inputs import ClipSource
 from storage.manifest import finish_row, record_row
@@ -67,16 +67,19 @@ def code_version() -> str:
         return "unknown"
 
 
-_detectors = threading.local()
+_detectors: dict[tuple, object] = {}
+_detectors_lock = threading.Lock()
 
 
 def detector_for(config: PreprocessConfig):
-    """One detector per thread and config: dlib's models are not shared across threads, and load once (~1 s)."""
+    """One detector per process and config, loaded once (~1 s): backends are read-only at inference (dlib keeps a
+    HOG scanner per thread), so the threads of a run, and runs after it, share it."""
     key = (config.detector, config.weights_dir, config.detect_max_side)
-    cache = _detectors.__dict__.setdefault("cache", {})
-    if key not in cache:
-        cache[key] = face_detector(WeightsRegistry(config.weights_dir), config.detector, max_side=config.detect_max_side)
-    return cache[key]
+    with _detectors_lock:
+        if key not in _detectors:
+            _detectors[key] = face_detector(WeightsRegistry(config.weights_dir), config.detector,
+                                            max_side=config.detect_max_side)
+        return _detectors[key]
 
 
 def clip_arrays(crop_size: int) -> dict[str, ArraySpec]:
@@ -114,7 +117,7 @@ def preprocess_clip(source: ClipSource, store: ClipStore, config: PreprocessConf
         reader = VideoReader(source.path, fps=config.fps, accept_truncated=config.accept_truncated)
         batch = decode_batch_size(info, config.batch_size)
         t_analyse = time.perf_counter()
-        landmarks, boxes, has_face, faces = analyse_faces(reader, batch, config)
+        landmarks, boxes, has_face, faces, row["face_scale"] = analyse_faces(reader, batch, config)
         row["seconds_analyse"] = time.perf_counter() - t_analyse
         if info.truncated or reader.decode_error:
             row.update(truncated=True, readable_frames=reader.readable_frames,
@@ -165,18 +168,51 @@ def decode_batch_size(info: VideoInfo, wanted: int) -> int:
 
 
 def analyse_faces(reader: VideoReader, batch: int, config: PreprocessConfig):
-    """Pass one: landmarks of the chosen face per frame, and smoothed crop boxes."""
+    """Pass one: landmarks of the chosen face per frame, smoothed crop boxes, and the detection scale at which the
+    clip's face was found: the working scale (frames shrunk to `detect_max_side`), or, when that finds no face in
+    any frame, the first finer level (`models.detect.base.detection_scales`) that finds one in a few probe frames;
+    small faces (down to ~40 px) are found there."""
     detector = detector_for(config)
-    detections = []
-    for frames in reader.batches(batch):
-        detections.extend(detector.detect(frames))
+    detections, size = _detect_all(reader, batch, detector, None)
+    scale = working_scale(*size, detector.max_side)
+    if not any(detections):
+        searched = detection_scales(*size, detector.max_side)
+        scale = _finer_scale(reader, batch, detector, searched[1:])
+        if scale is None:
+            levels = ", ".join(f"{level:.3g}" for level in searched)
+            raise NoFaceError(f"no face detected in any of {len(detections)} frames (searched at scales {levels} "
+                              "of the frame)")
+        detections, _ = _detect_all(reader, batch, detector, scale)
     chosen, faces = align.select_faces(detections)
     has_face = np.array([face is not None for face in chosen])
     if not has_face.any():
         raise NoFaceError(f"no face detected in any of {len(chosen)} frames")
     landmarks = _fill_gaps(np.stack([f.landmarks if f is not None else np.full((68, 2), np.nan) for f in chosen]), has_face)
     boxes = align.smooth_boxes(np.stack([align.crop_box(points) for points in landmarks]), config.box_smoothing)
-    return landmarks.astype(np.float32), boxes.astype(np.float32), has_face, np.asarray(faces)
+    return landmarks.astype(np.float32), boxes.astype(np.float32), has_face, np.asarray(faces), scale
+
+
+PROBE_FRAMES = 8  # frames, spread over the clip, on which finer detection scales are tried
+
+
+def _detect_all(reader: VideoReader, batch: int, detector, scale: float | None) -> tuple[list, tuple[int, int]]:
+    """Every frame's faces at `scale` (None: the working scale), and the frames' height and width."""
+    detections, size = [], (0, 0)
+    for frames in reader.batches(batch):
+        detections.extend(detector.detect(frames, scale))
+        size = frames.shape[1:3]
+    return detections, size
+
+
+def _finer_scale(reader: VideoReader, batch: int, detector, scales: list[float]) -> float | None:
+    """The first of `scales` at which a face is found in one of a few frames spread over the clip."""
+    wanted = set(np.linspace(0, len(reader) - 1, min(PROBE_FRAMES, len(reader))).round().astype(int).tolist())
+    probes = [frame for start, frames in zip(range(0, len(reader), batch), reader.batches(batch))
+              for index, frame in enumerate(frames, start) if index in wanted]
+    for scale in scales:
+        if any(detector.detect(frame[None], scale)[0] for frame in probes):
+            return scale
+    return None
 
 
 def _fill_gaps(landmarks: np.ndarray, has_face: np.ndarray) -> np.ndarray:

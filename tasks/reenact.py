@@ -1,18 +1,19 @@
-"""Reenactment of one driving video by one source face: prepare the source and the driving track, render.
+"""Reenactment of one driving video by one source face, in one pass over the driving video.
 
-    networks = networks_for(config)                             # G, A, the encoder and the Net3D, loaded once
-    source, driving = prepare_inputs("driving.mp4", "photo.jpg", 0, "cross", config)
-    summary = render_video(source, driving, "out.mp4", config)  # streamed to an H.264 mp4 with the audio
+    networks = networks_for(config)                                     # G, A, the encoder and the Net3D, loaded once
+    source = prepare_source("photo.jpg", 0, config)                     # crop, W+ and face parameters
+    summary = reenact("driving.mp4", source, "out.mp4", config)         # source=None: self-reenactment
 
-`prepare_inputs` is `prepare_source` (crop, W+ and face parameters of an image, a video frame or a store clip's
-frame) and `prepare_driving` (per-frame face parameters, filled and smoothed); self-reenactment takes
-`source_of_driving`, the driving clip's first frame, instead of a source.
+`reenact` decodes each driving frame once and passes it through stages that run at once in threads, joined by
+bounded queues (`tasks.stream.Pipeline`): decode, follow the face (`models.detect.track`: detector on key frames,
+68 landmarks in between), crop boxes smoothed over time, crop, Net3D (batched), parameters filled where the face
+was not read and smoothed over time, G (+ the Feature Transformer), paste-back or grid, and the H.264 writer in
+the caller's thread. The slowest stage sets the pace; memory holds the queues and the centred filters' few frames
+of look-ahead, whatever the video's length (`tasks.driving`). The summary gives each stage's seconds and the time
+to the first written frame.
 
-The driving video goes through the same steps as preprocessing and encoding (detect, choose one face, crop on
-smoothed boxes, Net3D per crop), in passes that hold one batch of frames at a time, so memory does not grow with the
-video's length. Frames where the face is missed or unreadable keep the last good parameters (and are counted); the
-parameters are then smoothed over time by a centred Gaussian (`ReenactConfig.smoothing`, sigma in frames), so
-estimation noise does not become flicker.
+`prepare_inputs` gives the source face and the whole driving track (per-frame parameters and boxes, a few hundred
+bytes a frame) for code that works on tracks (evaluation); it runs the same analysis stages.
 
 With a clip store, inputs it already holds are read from it instead of recomputed: a video is found by its bytes'
 sha256 (at the same frame rate), and its face3d and inversion stages are used when they were written with the same
@@ -28,10 +29,10 @@ import logging
 import threading
 import time
 import weakref
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterable, Iterator, Literal
 
 import numpy as np
 import torch
@@ -42,6 +43,8 @@ from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
 from models.detect import align
+from models.detect.base import search_scales
+from models.detect.track import FaceTracker
 from models.directions import NUM_PARAMS, SHIFT_SCALE, ParamRanges
 from models.images import FRAME_SIZE, resize_to, to_pixels, to_signed
 from models.reenact import Reenactor
@@ -51,17 +54,19 @@ from storage.inputs import ClipSource, clip_key_for
 from storage.store import ClipKey, ClipReader, ClipStore
 from storage.video import VideoError, VideoReader, VideoWriter, probe, read_frame, sha256_file
 from storage.weights import WEIGHT_FILES, WeightsRegistry, reenaction_set
+from tasks.driving import (ANALYSIS_BATCH, DrivingFrame, NoReadableFaceError, analysis_stages, batches, decoded,
+                           read_faces, smooth_parameters)
 from tasks.encode import _AUTOCAST, FACE3D, INVERSION, EncodeConfig, Precision, encode_clip, encoders_for
-from tasks.preprocess import (NoFaceError, PreprocessConfig, analyse_faces, decode_batch_size, detector_for,
-                              preprocess_clip)
-from training.tune_generator import GeneratorTuningConfig, tune_generator
+from tasks.preprocess import NoFaceError, PreprocessConfig, decode_batch_size, detector_for, preprocess_clip
+from tasks.stream import Pipeline, Stage
 
 log = logging.getLogger(__name__)
 
 CLIP_PREFIX = "clip:"  # names a clip of the store instead of a file: clip:id00001/astronaut01/00001
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 CROP_SIZE = FRAME_SIZE
-ANALYSIS_BATCH = 32  # frames decoded, cropped and read by the Net3D at once
+DECODE_BATCH = 8  # frames decoded at once (fewer for very large frames)
+QUEUE_SIZE = 4  # items waiting between two stages: with the look-ahead, what bounds the frames in memory
 Mode = Literal["cross", "self"]
 
 
@@ -82,9 +87,10 @@ class ReenactConfig(BaseModel):
     batch_size: int | None = Field(None, ge=1, description="Frames generated at once; default 1 on a CPU (StyleGAN2's per-sample convolutions run fastest one image at a time there), 32 on a GPU.")
     smoothing: float = Field(1.0, ge=0, description="Temporal smoothing of the driving face's parameters: Gaussian sigma in frames (0 = off).")
     fps: float | None = Field(None, gt=0, description="Resample the driving video to this frame rate; None keeps its own.")
-    detector: str = Field("dlib", description="Face detector: 'dlib' (offline default) or 'retinaface' (user weights).")
+    detector: str = Field("dlib", description="Face detector: 'dlib' (offline default), 'mtcnn' (facenet-pytorch, batched, on CUDA when present; weights in its wheel) or 'retinaface' (user weights).")
+    detect_every: int = Field(8, ge=1, description="Run the face detector on every Nth driving frame (and at scene cuts, and where the followed landmarks degrade); in between, the face is followed by its 68 landmarks from the previous frame. 1 = detect on every frame (slower).")
     grid: bool = Field(False, description="Write source | driving | result side by side instead of the result alone.")
-    paste_back: bool = Field(False, description="Paste the generated face back into the driving video's full frame.")
+    paste_back: bool = Field(False, description="Blend the generated face into the driving video's full frame: a soft mask inside the face's outline, colours matched at the seam; the rest of the frame is the driver's own.")
     crf: int = Field(18, ge=0, le=51, description="x264 quality of the output (lower is better, larger files).")
     tune_steps: int = Field(0, ge=0, description="Fine-tune a copy of G on the source crop for this many steps before reenacting, so background, hair and identity detail survive (the official inference's optimize_generator, on there by default: 200). 0 = off. About 0.7 s a step on 2 CPU cores for the 256 px G.")
     tune_lpips_weight: float = Field(1.0, ge=0, description="Weight of LPIPS in the tuning loss, beside pixel L2 (official: 1; needs AlexNet's ImageNet weights). 0 tunes on pixels alone and needs no AlexNet.")
@@ -202,6 +208,9 @@ class ReenactNetworks:
         reenactment does (truncated); as it is when tuning is off. Tuning runs in fp32 on the networks' device."""
         if config.tune_steps == 0 or source.generator is not None:
             return source
+        # imported here: the training loop it shares brings torchvision and more, which untuned runs do not need
+        from training.tune_generator import GeneratorTuningConfig, tune_generator
+
         generator = self.reenactor.generator
         with torch.no_grad():
             code = self.reenactor.truncate(torch.as_tensor(source.wplus[None], device=self.device))
@@ -288,30 +297,25 @@ class DrivingTrack:
 
 def prepare_driving(driving: str, config: ReenactConfig, store: ClipStore | None = None,
                     cache: bool = False) -> DrivingTrack:
-    """The driving track of a video file, or of a store clip (`clip:identity/video/clip`)."""
+    """The whole driving track of a video file, or of a store clip (`clip:identity/video/clip`): the analysis
+    stages of `reenact`, with their per-frame results kept (parameters, boxes, read flags)."""
     networks = networks_for(config)
     if driving.startswith(CLIP_PREFIX):
         return _driving_from_store(_store_key(driving, store), store, networks, config, cache)
-    path = _readable(driving, "driving video")
-    try:
-        info = probe(path)
-    except VideoError as err:
-        raise ReenactInputError(f"driving video {path}: {err}") from err
-    fps = config.fps or info.fps
+    path, info = _driving_video(driving)
     if store is not None:
-        key = _stored_video(path, fps, store, config, cache)
+        key = _stored_video(path, config.fps or info.fps, store, config, cache)
         if key is not None:
             return _driving_from_store(key, store, networks, config, cache)
-    reader = VideoReader(path, fps=config.fps)
-    try:
-        landmarks, boxes, has_face, _ = analyse_faces(reader, decode_batch_size(info, ANALYSIS_BATCH),
-                                                      config.preprocess_config())
-    except NoFaceError as err:
-        raise ReenactInputError(f"driving video {path}: {err}") from err
-    track = DrivingTrack(str(path), np.zeros((len(reader), NUM_PARAMS), np.float32), has_face, reader.fps, boxes,
-                         path, config.fps, info.has_audio)
-    _read_parameters(track, align.landmarks_to_crop(landmarks, boxes, CROP_SIZE), networks, config)
-    return track
+    stream = _analysed_video(path, info, networks, config, keep_images=False)
+    params, boxes, read = [], [], []
+    with _reading(stream.name), Pipeline(stream.frames, stream.stages, QUEUE_SIZE) as frames:
+        for frame in frames:
+            params.append(frame.params)
+            boxes.append(frame.box)
+            read.append(frame.read)
+    return DrivingTrack(stream.name, np.stack(params), np.array(read), stream.fps, np.stack(boxes).astype(np.float32),
+                        path, config.fps, info.has_audio)
 
 
 def _driving_from_store(key: ClipKey, store: ClipStore, networks: ReenactNetworks, config: ReenactConfig,
@@ -368,6 +372,7 @@ class SourceFace:
     from_store: bool
     generator: Generator | None = None  # a copy of G tuned on this face (`tune_steps`), else G is shared
     tuning: dict | None = None  # what the tuning did: steps, seconds, losses before and after
+    scale: float | None = None  # the detection scale its face was found at (an image's; finer for small faces)
 
 
 def check_request(source: str | None, frame: int, mode: Mode) -> None:
@@ -432,8 +437,9 @@ def prepare_source(source: str, frame: int, config: ReenactConfig, store: ClipSt
 
 
 def _source_from_pixels(name: str, image: np.ndarray, networks: ReenactNetworks, config: ReenactConfig) -> SourceFace:
-    """Detect the largest face, crop it as preprocessing does, read its parameters and invert it."""
-    faces = detector_for(config.preprocess_config()).detect(image[None])[0]
+    """Detect the largest face (finer detection scales for a small one), crop it as preprocessing does, read its
+    parameters and invert it."""
+    faces, scale = search_scales(detector_for(config.preprocess_config()), image)
     if not faces:
         raise ReenactInputError(f"source {name}: no face found")
     face = max(faces, key=lambda found: found.area)
@@ -443,7 +449,7 @@ def _source_from_pixels(name: str, image: np.ndarray, networks: ReenactNetworks,
     params, found = networks.estimate(crop[None], landmarks)
     if not found[0]:
         raise ReenactInputError(f"source {name}: the {networks.encode_config.face3d} backend could not read the face")
-    return SourceFace(name, crop, networks.invert(crop[None])[0], params[0], from_store=False)
+    return SourceFace(name, crop, networks.invert(crop[None])[0], params[0], from_store=False, scale=scale)
 
 
 def _source_from_store(key: ClipKey, frame: int, store: ClipStore, networks: ReenactNetworks) -> SourceFace:
@@ -510,58 +516,221 @@ def _stage_if_current(store: ClipStore, key: ClipKey, stage: str, networks: Reen
     return store.clip(key).stage(stage)
 
 
+# --- the driving video as a stream -----------------------------------------------------------------------------------
+
+@dataclass
+class DrivingStream:
+    """Where a driving video's frames come from, and the stages that bring them to parameters."""
+
+    name: str
+    fps: float
+    frames_count: int
+    video: Path | None  # the file whose audio is muxed (None: no file at hand)
+    has_audio: bool
+    frames: Iterable[DrivingFrame]  # what the first stage reads
+    stages: list[Stage]  # from the frames to DrivingFrame.params (and .crop, .box, .outline; .image if kept)
+    from_store: bool = False
+    inversion: np.ndarray | None = None  # the store's W+ of frame 0 when its inversion stage fits the encoder
+    tracker: FaceTracker | None = None  # the face's follower (video files)
+
+
+def _driving_video(text: str) -> tuple[Path, object]:
+    path = _readable(text, "driving video")
+    try:
+        return path, probe(path)
+    except VideoError as err:
+        raise ReenactInputError(f"driving video {path}: {err}") from err
+
+
+def _analysed_video(path: Path, info, networks: ReenactNetworks, config: ReenactConfig,
+                    keep_images: bool) -> DrivingStream:
+    """A video file decoded once and analysed as it streams: follow the face, crop, Net3D, parameters."""
+    reader = VideoReader(path, fps=config.fps)
+    preprocess = config.preprocess_config()
+    tracker = FaceTracker(detector_for(preprocess), config.detect_every)
+    stages = [Stage("decode", lambda frames: frames)] + analysis_stages(
+        tracker, preprocess.box_smoothing, config.smoothing, networks.estimate, keep_images)
+    return DrivingStream(str(path), reader.fps, len(reader), path, info.has_audio,
+                         decoded(reader, decode_batch_size(info, DECODE_BATCH)), stages, tracker=tracker)
+
+
+def _stored_stream(key: ClipKey, store: ClipStore, networks: ReenactNetworks, config: ReenactConfig, cache: bool,
+                   keep_images: bool) -> DrivingStream:
+    """A store clip's crops (and its face3d stage when current), and its video's frames for paste-back."""
+    clip = store.clip(key)
+    attrs = clip.attrs
+    name = f"{CLIP_PREFIX}{key}"
+    video = Path(attrs["source_path"]) if attrs.get("source_path") else None
+    has_audio = bool(attrs.get("source", {}).get("has_audio")) and video is not None and video.is_file()
+    face3d = _stage_if_current(store, key, FACE3D, networks, cache)
+    inversion = _stage_if_current(store, key, INVERSION, networks, cache=False)
+    reader = None
+    if keep_images:
+        if video is None or not video.is_file():
+            raise ReenactInputError(f"driving {name}: its full frames need the video file, which is not at {video}")
+        reader = VideoReader(video, fps=attrs.get("config", {}).get("fps"))
+        if len(reader) != len(clip):
+            raise ReenactInputError(f"driving {name}: {video} decodes to {len(reader)} frames, the store has "
+                                    f"{len(clip)}")
+    if face3d is not None:
+        log.info("driving %s: face parameters from the store", name)
+    stages = [Stage("read store", lambda frames: frames)]
+    if face3d is None:
+        stages.append(Stage("read faces", lambda frames: read_faces(frames, networks.estimate, ANALYSIS_BATCH)))
+    stages.append(Stage("parameters", lambda frames: smooth_parameters(frames, config.smoothing)))
+    return DrivingStream(name, float(attrs["fps"]), len(clip), video, has_audio,
+                         _stored_frames(clip, face3d, reader), stages, from_store=True,
+                         inversion=None if inversion is None else inversion["wplus"][0].astype(np.float32))
+
+
+def _stored_frames(clip: ClipReader, face3d, reader: VideoReader | None) -> Iterator[DrivingFrame]:
+    """DrivingFrames of a store clip: its crops, boxes and landmarks (the frame's, or filled, for paste-back), its
+    stored readings when the face3d stage is current; the video's frames alongside when pasting back."""
+    boxes, landmarks, has_face = clip.boxes[:], clip.landmarks[:], clip["has_face"][:]
+    readings = None if face3d is None else (face3d["params"][:, :NUM_PARAMS], face3d["found"][:])
+    images = (image for frames in reader.batches(DECODE_BATCH) for image in frames) if reader is not None else None
+    index = 0
+    for crops in clip.iter_frames(ANALYSIS_BATCH):
+        for crop in crops:
+            seen = landmarks[index] if has_face[index] else np.full((68, 2), np.nan, np.float32)
+            frame = DrivingFrame(index, image=next(images) if images is not None else None, box=boxes[index],
+                                 crop=crop, crop_landmarks=seen,
+                                 outline=align.landmarks_to_frame(landmarks[index], boxes[index], CROP_SIZE),
+                                 landmarks=None if not has_face[index] else seen)
+            if readings is not None:
+                frame.raw, frame.read = readings[0][index], bool(readings[1][index] and has_face[index])
+            yield frame
+            index += 1
+
+
+def _open_driving(driving: str, networks: ReenactNetworks, config: ReenactConfig, store: ClipStore | None,
+                  cache: bool) -> DrivingStream:
+    if driving.startswith(CLIP_PREFIX):
+        return _stored_stream(_store_key(driving, store), store, networks, config, cache, config.paste_back)
+    path, info = _driving_video(driving)
+    if store is not None:
+        key = _stored_video(path, config.fps or info.fps, store, config, cache)
+        if key is not None:
+            return _stored_stream(key, store, networks, config, cache, config.paste_back)
+    return _analysed_video(path, info, networks, config, keep_images=config.paste_back)
+
+
+class _reading:
+    """Analysis errors of a driving video as the input errors they are, naming the video."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None and issubclass(exc_type, (NoFaceError, NoReadableFaceError)):
+            raise ReenactInputError(f"driving {self.name}: {exc}") from exc
+        return False
+
+
 # --- the output --------------------------------------------------------------------------------------------------------
 
-def render_video(source: SourceFace, driving: DrivingTrack, output: str | Path, config: ReenactConfig) -> dict:
-    """Generate every driving frame and stream it to `output` (H.264 at the driving fps, the driving audio muxed).
+def reenact(driving: str, source: SourceFace | None, output: str | Path, config: ReenactConfig,
+            store: ClipStore | None = None, cache: bool = False, threaded: bool = True) -> dict:
+    """Reenact `driving` (a video file, or `clip:identity/video/clip` of `store`) with `source` (None: the paper's
+    self-reenactment, the driving clip's first frame) into `output`: H.264 at the driving fps, its audio muxed.
 
-    The file appears only when it is complete; a failure leaves nothing at `output`. Returns the summary."""
+    One pass over the driving frames, its stages overlapped (module docstring). The file appears only when it is
+    complete; a failure in any stage stops them all and leaves nothing at `output`. Returns the summary.
+    `threaded=False` runs the same stages one after another in this thread (to measure what the overlap gains)."""
+    started = time.perf_counter()
     output = Path(output)
     if output.suffix.lower() != ".mp4":
         raise ReenactInputError(f"output must be an .mp4 file, got {output}")
     networks = networks_for(config)
-    started = time.perf_counter()
-    pictures = _pictures(source, driving, networks, config)
-    first = next(pictures)
-    size = (first.shape[2], first.shape[1])
-    with VideoWriter(output, driving.fps, size, audio_from=driving.video if driving.has_audio else None,
-                     crf=config.crf, audio_seconds=len(driving) / driving.fps) as writer:
-        writer.write(first)
-        for picture in pictures:
-            writer.write(picture)
+    stream = _open_driving(driving, networks, config, store, cache)
+    rendering = _Rendering(source, stream, networks, config)
+    stages = stream.stages + [Stage("generate", rendering.generate), Stage("compose", rendering.compose)]
+    read: list[bool] = []
+    first_frame_s, first_frame_at, size = None, None, None
+    pipeline = Pipeline(stream.frames, stages, QUEUE_SIZE, threaded=threaded)
+    with ExitStack() as stack, _reading(stream.name), pipeline as frames, \
+            tqdm(total=stream.frames_count, desc="reenact", unit="frame", disable=None, dynamic_ncols=True) as bar:
+        writer = None
+        for frame in frames:
+            if writer is None:
+                size = (frame.picture.shape[1], frame.picture.shape[0])
+                writer = stack.enter_context(VideoWriter(
+                    output, stream.fps, size, audio_from=stream.video if stream.has_audio else None,
+                    crf=config.crf, audio_seconds=stream.frames_count / stream.fps))
+            writer.write(frame.picture)
+            if first_frame_s is None:
+                first_frame_s, first_frame_at = time.perf_counter() - started, time.time()
+            read.append(frame.read)
+            bar.update()
+    seconds = time.perf_counter() - started
+    read = np.array(read, bool)
+    stage_seconds = {**pipeline.seconds, "encode": pipeline.consumer_seconds}
+    log.info("reenacted %s: %d frames in %.1f s (%.1f frames/s), first frame after %.2f s; stages: %s", stream.name,
+             len(read), seconds, len(read) / seconds, first_frame_s,
+             ", ".join(f"{name} {value:.1f} s" for name, value in stage_seconds.items()))
+    tracker = stream.tracker
     return {
-        "output": str(output), "frames": len(driving), "fps": driving.fps, "has_audio": driving.has_audio,
-        "width": size[0], "height": size[1], "source": source.name, "driving": driving.name,
-        "source_from_store": source.from_store, "driving_from_store": driving.clip is not None,
-        "frames_without_face": int((~driving.read).sum()), "stretches_without_face": false_runs(driving.read),
+        "output": str(output), "frames": len(read), "fps": stream.fps, "has_audio": stream.has_audio,
+        "width": size[0], "height": size[1], "source": rendering.source.name, "driving": stream.name,
+        "source_from_store": rendering.source.from_store, "driving_from_store": stream.from_store,
+        "frames_without_face": int((~read).sum()), "stretches_without_face": false_runs(read),
         "weights": config.weights, "face3d": networks.encode_config.face3d, "device": str(networks.device),
         "feature_transformer": networks.feature_transformer,
-        "config_hash": config.output_hash(), "seconds_render": time.perf_counter() - started,
-        "tuning": source.tuning,
+        "config_hash": config.output_hash(), "seconds_render": seconds, "seconds_to_first_frame": first_frame_s,
+        "first_frame_at": first_frame_at,
+        "stage_seconds": stage_seconds,
+        "face_scale": tracker.scale if tracker is not None else None, "source_face_scale": rendering.source.scale,
+        "detections": dict(tracker.detections) if tracker is not None else None,
+        "tuning": rendering.source.tuning,
     }
 
 
-def _pictures(source: SourceFace, driving: DrivingTrack, networks: ReenactNetworks,
-              config: ReenactConfig) -> Iterator[np.ndarray]:
-    """The output frames, batch by batch: the generated crops, pasted back and/or beside the inputs if asked."""
-    size = networks.batch_size(config)
-    batches = driving.batches(size, full_frames=config.paste_back)
-    source_panel = None  # the source crop at the output's height, resized once
-    with tqdm(total=len(driving), desc="reenact", unit="frame", disable=None, dynamic_ncols=True) as bar:
-        for start, (crops, frames) in zip(range(0, len(driving), size), batches):
-            stop = start + len(crops)
-            result = networks.generate(source, driving.params[start:stop])
-            if config.paste_back:
-                result = np.stack([align.paste_face(frame, face, box)
-                                   for frame, face, box in zip(frames, result, driving.boxes[start:stop])])
-                crops = frames
-            if config.grid:
-                if source_panel is None:
-                    source_panel = _at_height(source.crop[None], result.shape[1])
-                result = np.concatenate([np.broadcast_to(source_panel, (len(result), *source_panel.shape[1:])),
-                                         _at_height(crops, result.shape[1]), result], axis=2)
-            yield _even(result)
-            bar.update(stop - start)
+class _Rendering:
+    """The last two stages: G draws the source with each frame's parameters; the picture is composed (the result,
+    pasted back into the driving frame, or beside the source and the driving crop). In self-reenactment the source
+    is made from the first frame to arrive, the driving clip's frame 0, with its smoothed parameters (so frame 0 of
+    the output is the source's own reconstruction) and the store's W+ when it has one."""
+
+    def __init__(self, source: SourceFace | None, stream: DrivingStream, networks: ReenactNetworks,
+                 config: ReenactConfig):
+        self.source = source
+        self.stream = stream
+        self.networks = networks
+        self.config = config
+        self._source_panel = None  # the source crop at the output's height, resized once
+
+    def generate(self, frames: Iterable[DrivingFrame]) -> Iterator[DrivingFrame]:
+        for group in batches(frames, self.networks.batch_size(self.config), first=1):
+            if self.source is None:
+                self.source = self._source_of_first(group[0])
+            generated = self.networks.generate(self.source, np.stack([frame.params for frame in group]))
+            for frame, picture in zip(group, generated):
+                frame.generated = picture
+                yield frame
+
+    def _source_of_first(self, frame: DrivingFrame) -> SourceFace:
+        stored = self.stream.inversion is not None
+        wplus = self.stream.inversion if stored else self.networks.invert(frame.crop[None])[0]
+        face = SourceFace(f"{self.stream.name} frame 0", frame.crop, wplus, frame.params, from_store=stored)
+        return self.networks.tuned(face, self.config)
+
+    def compose(self, frames: Iterable[DrivingFrame]) -> Iterator[DrivingFrame]:
+        for frame in frames:
+            result, driving = frame.generated, frame.crop
+            if self.config.paste_back:
+                result = align.paste_face(frame.image, result, frame.box, frame.outline)
+                driving = frame.image
+            if self.config.grid:
+                if self._source_panel is None:
+                    self._source_panel = _at_height(self.source.crop[None], result.shape[0])[0]
+                result = np.concatenate([self._source_panel, _at_height(driving[None], result.shape[0])[0], result],
+                                        axis=1)
+            frame.picture = _even(result[None])[0]
+            frame.image = frame.crop = frame.generated = None  # the writer needs the picture alone
+            yield frame
 
 
 def _at_height(images: np.ndarray, height: int) -> np.ndarray:
@@ -606,15 +775,17 @@ def _read_image(path: Path) -> np.ndarray:
 
 # --- Prefect tasks -----------------------------------------------------------------------------------------------------
 
-@task(name="prepare-inputs", cache_policy=NO_CACHE)
-def prepare_inputs_task(driving: str, source: str | None, frame: int, mode: Mode, config: ReenactConfig,
-                        store: str | None, cache: bool) -> tuple[SourceFace, DrivingTrack]:
-    return prepare_inputs(driving, source, frame, mode, config, _open_store(store, cache), cache)
+@task(name="prepare-source", cache_policy=NO_CACHE)
+def prepare_source_task(source: str, frame: int, config: ReenactConfig, store: str | None, cache: bool) -> SourceFace:
+    """The source face, with G tuned on it when asked (`tune_steps`)."""
+    networks = networks_for(config)
+    return networks.tuned(prepare_source(source, frame, config, _open_store(store, cache), cache), config)
 
 
-@task(name="render-video", cache_policy=NO_CACHE)
-def render_video_task(source: SourceFace, driving: DrivingTrack, output: str, config: ReenactConfig) -> dict:
-    return render_video(source, driving, output, config)
+@task(name="reenact-stream", cache_policy=NO_CACHE)
+def reenact_task(driving: str, source: SourceFace | None, output: str, config: ReenactConfig, store: str | None,
+                 cache: bool) -> dict:
+    return reenact(driving, source, output, config, _open_store(store, cache), cache)
 
 
 def _open_store(path: str | None, cache: bool) -> ClipStore | None:

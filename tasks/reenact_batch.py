@@ -25,8 +25,8 @@ from storage.manifest import finish_row
 from storage.store import ClipKey, ClipStore
 from storage.weights import UnknownWeightsError
 from tasks.protocols import ReenactPair
-from tasks.reenact import (CLIP_PREFIX, ReenactConfig, ReenactInputError, networks_for, prepare_inputs,
-                           render_video)
+from tasks.reenact import (CLIP_PREFIX, ReenactConfig, ReenactInputError, check_request, networks_for,
+                           prepare_source, reenact)
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,10 @@ def reenact_pair(pair: ReenactPair, out: Path, config: ReenactConfig, store: Cli
         if video.is_file() and done.get("inputs") == inputs:
             row.update({key: done["summary"].get(key) for key in ("frames", "fps", "frames_without_face")})
             return finish_row(row, "skipped", started)
-        source, driving = prepare_inputs(pair.driving, pair.source, pair.source_frame, pair.mode, config, store,
-                                         cache)
-        summary = render_video(source, driving, video, config)
+        check_request(pair.source, pair.source_frame, pair.mode)
+        source = None if pair.mode == "self" else networks_for(config).tuned(
+            prepare_source(pair.source, pair.source_frame, config, store, cache), config)
+        summary = reenact(pair.driving, source, video, config, store, cache)
         with atomic_path(record_path) as partial:
             partial.write_text(json.dumps({"inputs": inputs, "summary": summary}, indent=1))
         row.update({key: summary[key] for key in ("frames", "fps", "frames_without_face")})

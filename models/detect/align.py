@@ -52,13 +52,25 @@ def smooth_boxes(boxes: np.ndarray, sigma: float = 2.0) -> np.ndarray:
 
     Preprocessing sees the whole clip, so a zero-lag filter fits (`models.temporal`): it removes the frame-to-frame
     jitter of the landmarks without lagging behind real head motion. One parameter; 0 leaves the boxes as they are.
+    Reenactment smooths the same values as they stream (`box_state`, `models.temporal.gaussian_smooth_stream`).
     """
     boxes = np.asarray(boxes, np.float64)
     if sigma <= 0 or len(boxes) < 2:
         return boxes.copy()
-    centre = gaussian_smooth((boxes[:, :2] + boxes[:, 2:]) / 2, sigma)
-    half = gaussian_smooth(boxes[:, 2] - boxes[:, 0], sigma)[:, None] / 2
-    return np.concatenate([centre - half, centre + half], axis=1)
+    return box_from_state(gaussian_smooth(box_state(boxes), sigma))
+
+
+def box_state(boxes: np.ndarray) -> np.ndarray:
+    """Square boxes [..., 4] as what their smoothing filters: centre x, centre y and side [..., 3]."""
+    boxes = np.asarray(boxes, np.float64)
+    return np.concatenate([(boxes[..., :2] + boxes[..., 2:]) / 2, boxes[..., 2:3] - boxes[..., 0:1]], axis=-1)
+
+
+def box_from_state(states: np.ndarray) -> np.ndarray:
+    """The inverse of `box_state`: centre x, centre y and side [..., 3] -> square boxes [..., 4]."""
+    states = np.asarray(states, np.float64)
+    half = states[..., 2:3] / 2
+    return np.concatenate([states[..., :2] - half, states[..., :2] + half], axis=-1)
 
 
 def crop_faces(frames: np.ndarray, boxes: np.ndarray, size: int = 256) -> np.ndarray:
@@ -151,23 +163,71 @@ def landmarks_to_crop(landmarks: np.ndarray, boxes: np.ndarray, size: int = 256)
     return landmarks * scale[:, None, None] + offset[:, None, :]
 
 
-def paste_face(frame: np.ndarray, crop: np.ndarray, box: np.ndarray, feather: float = 0.08) -> np.ndarray:
-    """The inverse of `crop_face`: a (generated) crop [S, S, 3] put back where `box` cut it from `frame`.
+def landmarks_to_frame(landmarks: np.ndarray, boxes: np.ndarray, size: int = 256) -> np.ndarray:
+    """The inverse of `landmarks_to_crop`: crop-pixel landmarks [..., 68, 2] of crops cut at `boxes` [..., 4] ->
+    frame pixels."""
+    boxes = np.asarray(boxes, np.float64)
+    scale, offset = crop_transform(boxes.reshape(-1, 4), size)
+    shape = np.shape(landmarks)
+    points = np.asarray(landmarks, np.float64).reshape(len(scale), -1, 2)
+    return ((points - offset[:, None, :]) / scale[:, None, None]).reshape(shape)
 
-    The crop is warped into the frame by the inverse of `crop_transform` and blended through a mask that fades to
-    zero over `feather` of the crop's side at its edges, so no seam shows; the parts of the box outside the frame
-    (the padding) are dropped.
+
+FEATHER = 0.12  # of the face's extent: the width of the mask's soft edge, inside the face's outline
+FOREHEAD = 0.35  # the brows raised by this share of the chin-to-brow distance close the outline over the forehead
+
+
+def face_mask(landmarks: np.ndarray, shape: tuple[int, int], feather: float = FEATHER) -> np.ndarray:
+    """float32 [H, W] in [0, 1]: the face's outline (the jaw line and the brows raised over the forehead, its convex
+    hull) from 68 landmarks in the pixels of an image of `shape`, 1 inside, falling smoothly to exactly 0 at the
+    outline over `feather` of the face's extent; 0 everywhere outside."""
+    landmarks = np.asarray(landmarks, np.float64)
+    up = landmarks[27] - landmarks[8]  # chin to the top of the nose: the face's own up, whatever its roll
+    outline = np.concatenate([landmarks[:17], landmarks[17:27] + FOREHEAD * up])
+    hull = cv2.convexHull(np.round(outline * 16).astype(np.int32))  # 4 fractional bits: sub-pixel outline
+    inside = np.zeros(shape, np.uint8)
+    cv2.fillConvexPoly(inside, hull, 255, lineType=cv2.LINE_AA, shift=4)
+    inside = (inside >= 128).astype(np.uint8)
+    if not inside.any():
+        return np.zeros(shape, np.float32)
+    depth = cv2.distanceTransform(inside, cv2.DIST_L2, 5)  # pixels from the outline, 0 outside it
+    extent = float((landmarks.max(axis=0) - landmarks.min(axis=0)).max())
+    ramp = np.clip(depth / max(feather * extent, 1.0), 0, 1)
+    return (ramp * ramp * (3 - 2 * ramp)).astype(np.float32)  # smoothstep: no visible edge where the ramp ends
+
+
+def paste_face(frame: np.ndarray, crop: np.ndarray, box: np.ndarray, landmarks: np.ndarray,
+               feather: float = FEATHER) -> np.ndarray:
+    """The inverse of `crop_face`: a (generated) crop [S, S, 3] blended back into `frame` where `box` cut it from.
+
+    The crop is warped into the frame by the inverse of `crop_transform` and blended through `face_mask` of the
+    face's `landmarks` (frame pixels): a soft mask inside the face's outline, so hair, background and the crop's
+    square edge never show. At the seam (the mask's soft edge) the crop's mean colour is matched to the frame's, so
+    lighting differences do not draw a line. Pixels outside the mask are the frame's own, unchanged.
     """
     height, width = frame.shape[:2]
-    size = crop.shape[0]
-    scale, offset = crop_transform(box, size)
-    to_frame = np.array([[1, 0, -offset[0, 0]], [0, 1, -offset[0, 1]]], np.float64) / scale[0]
-    ramp = np.clip((np.minimum(np.arange(size), size - 1 - np.arange(size)) + 0.5) / max(feather * size, 1e-6), 0, 1)
-    mask = np.minimum.outer(ramp, ramp).astype(np.float32)
-    warped = cv2.warpAffine(crop, to_frame, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    alpha = cv2.warpAffine(mask, to_frame, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    x0, y0 = max(int(np.floor(box[0])), 0), max(int(np.floor(box[1])), 0)
+    x1, y1 = min(int(np.ceil(box[2])), width), min(int(np.ceil(box[3])), height)
+    result = frame.copy()
+    if x1 <= x0 or y1 <= y0:
+        return result
+    scale, offset = crop_transform(box, crop.shape[0])
+    # crop pixel -> frame pixel, then into the region's own pixels
+    to_region = np.array([[1, 0, -offset[0, 0]], [0, 1, -offset[0, 1]]], np.float64) / scale[0] - [[0, 0, x0], [0, 0, y0]]
+    warped = cv2.warpAffine(crop, to_region, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+    alpha = face_mask(np.asarray(landmarks, np.float64) - [x0, y0], (y1 - y0, x1 - x0), feather)
+    if not alpha.any():
+        return result
+    region = frame[y0:y1, x0:x1].astype(np.float32)
+    seam = (alpha > 0) & (alpha < 1)
+    if seam.any():
+        warped += region[seam].mean(axis=0) - warped[seam].mean(axis=0)
     alpha = alpha[..., None]
-    return (frame * (1 - alpha) + warped * alpha + 0.5).astype(np.uint8)
+    blended = (region * (1 - alpha) + np.clip(warped, 0, 255) * alpha + 0.5).astype(np.uint8)
+    covered = alpha[..., 0] > 0
+    result[y0:y1, x0:x1][covered] = blended[covered]
+    return result
 
 
 def select_faces(faces_per_frame: Sequence[Sequence[Face]], min_iou: float = 0.3) -> tuple[list[Face | None], np.ndarray]:
@@ -183,7 +243,7 @@ def select_faces(faces_per_frame: Sequence[Sequence[Face]], min_iou: float = 0.3
     for t, faces in enumerate(faces_per_frame):
         taken: set[int] = set()
         for face in sorted(faces, key=lambda f: -f.area):
-            best_iou, best = max(((_iou(face.box, box), k) for k, box in enumerate(latest) if k not in taken),
+            best_iou, best = max(((box_iou(face.box, box), k) for k, box in enumerate(latest) if k not in taken),
                                  default=(0.0, -1))
             if best_iou < min_iou:
                 tracks.append({})
@@ -199,7 +259,8 @@ def select_faces(faces_per_frame: Sequence[Sequence[Face]], min_iou: float = 0.3
     return [main.get(t) for t in range(len(faces_per_frame))], counts
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boxes x0, y0, x1, y1."""
     w = min(a[2], b[2]) - max(a[0], b[0])
     h = min(a[3], b[3]) - max(a[1], b[1])
     inter = max(w, 0) * max(h, 0)

@@ -16,15 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from models.detect.base import Face, downscale, to_full_resolution
+from models.detect.base import Face, ScaledDetector
 from models.detect.landmarks import LandmarkPredictor
 
-MIN_DETECT_SIDE = 400  # below this, search an upsampled pyramid level too: HOG misses faces under ~80 px
 THRESHOLD = 0.3  # HOG margin: faces here score 1 to 2, the false positives seen (clothing, a hand) below 0.1
 
 
-class DlibDetector:
-    """HOG boxes on a copy downscaled to `max_side`, 68 landmarks on the full-resolution frame."""
+class DlibDetector(ScaledDetector):
+    """HOG boxes at the detection scale (`ScaledDetector`), 68 landmarks on the full-resolution frame."""
 
     name = "dlib"
 
@@ -46,19 +45,19 @@ class DlibDetector:
             self._local.hog = self._dlib.get_frontal_face_detector()
         return self._local.hog
 
-    def detect(self, frames: np.ndarray) -> list[list[Face]]:
-        """All faces of each frame of a uint8 RGB batch [B, H, W, 3]."""
-        frames = [np.ascontiguousarray(frame) for frame in frames]
-        if self._pool is None or len(frames) == 1:
-            return [self._detect_one(frame) for frame in frames]
-        return list(self._pool.map(self._detect_one, frames))
+    def detect(self, frames: np.ndarray, scale: float | None = None) -> list[list[Face]]:
+        """All faces of each frame of a uint8 RGB batch [B, H, W, 3], the frames of a batch in parallel threads."""
+        if self._pool is None or len(frames) <= 1:
+            return super().detect(frames, scale)
+        return list(self._pool.map(lambda frame: super(DlibDetector, self).detect(frame[None], scale)[0], frames))
 
-    def _detect_one(self, frame: np.ndarray) -> list[Face]:
-        small, scale = downscale(frame, self.max_side)
-        upsample = 1 if max(small.shape[:2]) < MIN_DETECT_SIDE else 0
-        rects, scores, _ = self._hog().run(small, upsample, self.threshold)
-        faces = []
-        for rect, score in zip(rects, scores):
-            box = to_full_resolution([rect.left(), rect.top(), rect.right(), rect.bottom()], scale)
-            faces.append(Face(box=box, score=float(score), landmarks=self._landmarks(frame, box)))
-        return faces
+    def _find(self, images: list[np.ndarray], upsample: bool):
+        found = []
+        for image in images:
+            rects, scores, _ = self._hog().run(image, int(upsample), self.threshold)
+            found.append([(np.array([r.left(), r.top(), r.right(), r.bottom()], np.float64), score, None)
+                          for r, score in zip(rects, scores)])
+        return found
+
+    def _landmarks_for(self, frame: np.ndarray, box: np.ndarray, five: np.ndarray | None) -> np.ndarray:
+        return self._landmarks(frame, box)

@@ -7,8 +7,8 @@ state dict of the package's `RetinaFace` network (`build_network`). The weights 
 
 The package's own `Model.predict_jsons` takes one image at a time; the network itself takes a batch, so this module
 runs it on a whole batch of frames and decodes each with the package's priors and box decoding (same anchors,
-variances, ImageNet normalisation, softmax score, NMS). One difference: frames are only ever downscaled to
-`max_side`, where the package also upscales small ones.
+variances, ImageNet normalisation, softmax score, NMS). One difference: frames are downscaled to `max_side` (or
+resampled to a finer level, `models.detect.base.ScaledDetector`), where the package also upscales small ones.
 
 RetinaFace gives five points; the 68 landmarks come from dlib's predictor, started from a box placed by those five
 points (so RetinaFace's taller box does not mislead it) and refined once.
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torchvision.ops import nms
 
-from models.detect.base import Face, downscale, to_full_resolution
+from models.detect.base import ScaledDetector
 from models.detect.landmarks import LandmarkPredictor, hog_box_from_five_points
 
 # The package's decoding constants (retinaface/predict_single.py)
@@ -47,8 +47,8 @@ def build_network() -> torch.nn.Module:
                           in_channels=256, out_channels=256)
 
 
-class RetinaFaceDetector:
-    """RetinaFace boxes on copies downscaled to `max_side`, 68 dlib landmarks on the full-resolution frames."""
+class RetinaFaceDetector(ScaledDetector):
+    """RetinaFace boxes at the detection scale, batched; 68 dlib landmarks on the full-resolution frames."""
 
     name = "retinaface"
 
@@ -63,19 +63,14 @@ class RetinaFaceDetector:
         self._landmarks = LandmarkPredictor()
 
     @torch.no_grad()
-    def detect(self, frames: np.ndarray) -> list[list[Face]]:
-        """All faces of each frame of a uint8 RGB batch [B, H, W, 3]."""
-        faces = []
-        for start in range(0, len(frames), self.batch_size):
-            batch = frames[start : start + self.batch_size]
-            shrunk = [downscale(frame, self.max_side) for frame in batch]
-            scale = shrunk[0][1]
-            images = torch.from_numpy(np.stack([small for small, _ in shrunk])).to(self.device)
-            found = self._find(images)
-            faces += [self._faces(np.ascontiguousarray(frame), *hits, scale) for frame, hits in zip(batch, found)]
-        return faces
+    def _find(self, images: list[np.ndarray], upsample: bool):
+        found = []
+        for start in range(0, len(images), self.batch_size):
+            batch = torch.from_numpy(np.stack(images[start : start + self.batch_size])).to(self.device)
+            found += [list(zip(boxes, scores, points)) for boxes, scores, points in self._decode(batch)]
+        return found
 
-    def _find(self, images: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def _decode(self, images: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Boxes [N, 4], scores [N] and five points [N, 5, 2] per image, in the pixels of `images` [B, h, w, 3].
 
         The decoded coordinates are fractions of the image's edges; pixel coordinates here have pixel centres at
@@ -98,14 +93,8 @@ class RetinaFaceDetector:
             found.append((boxes[kept].cpu().numpy(), score[keep][kept].cpu().numpy(), points[kept].cpu().numpy()))
         return found
 
-    def _faces(self, frame: np.ndarray, boxes: np.ndarray, scores: np.ndarray, points: np.ndarray,
-               scale: float) -> list[Face]:
-        faces = []
-        for box, score, five in zip(boxes, scores, points):
-            five = to_full_resolution(five, scale)
-            landmarks = self._landmarks.predict_refined(frame, hog_box_from_five_points(five))
-            faces.append(Face(box=to_full_resolution(box, scale), score=float(score), landmarks=landmarks))
-        return faces
+    def _landmarks_for(self, frame: np.ndarray, box: np.ndarray, five: np.ndarray | None) -> np.ndarray:
+        return self._landmarks.predict_refined(frame, hog_box_from_five_points(five))
 
 
 @lru_cache(maxsize=8)

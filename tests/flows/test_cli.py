@@ -19,7 +19,8 @@ def test_reenact_help_explains_sources_modes_and_outputs():
     assert result.exit_code == 0
     text = " ".join(result.output.replace("│", " ").split())  # the help's wrapped columns as running text
     for words in ("The driving video (a file)", "--source-frame", "'self': the driving clip's first frame is the source",
-                  "--paste-back", "--grid", "Gaussian sigma in frames", "--store", "--cache", "'voxceleb256'"):
+                  "--paste-back", "--grid", "Gaussian sigma in frames", "--store", "--cache", "'voxceleb256'",
+                  "--detect-every", "every Nth driving frame", "'mtcnn'"):
         assert words in text
 
 

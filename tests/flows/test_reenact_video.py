@@ -4,6 +4,7 @@ the output file, the step's arithmetic on a decoded frame, reuse of the store, l
 from __future__ import annotations
 
 import subprocess
+import threading
 
 import numpy as np
 import pytest
@@ -17,7 +18,8 @@ from storage.store import ClipStore
 from storage.video import VideoReader, probe
 from storage.weights import UnknownWeightsError
 from tasks.encode import EncodeConfig
-from tasks.reenact import ReenactConfig, ReenactInputError, networks_for, prepare_driving, prepare_inputs
+from tasks.reenact import (ReenactConfig, ReenactInputError, networks_for, prepare_driving, prepare_inputs,
+                           prepare_source, reenact)
 from tests.flows.conftest import BIN, ROOT
 from tests.media import DEMO_VIDEOS, PHOTOS, write_clip
 
@@ -211,3 +213,92 @@ def test_the_command_line_runs_the_flow_and_reports_errors_in_one_line(clips, of
                           str(tmp_path / "bad.mp4")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "error: no weights set named 'nope'" in bad.stdout
     assert "Traceback" not in bad.stdout + bad.stderr and not (tmp_path / "bad.mp4").exists()
+
+
+# --- the stream: stages, cuts, failures --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def demo_config() -> ReenactConfig:
+    """The bundled demo set: its small networks keep these runs short."""
+    return ReenactConfig(weights="demo", device="cpu", grid=True)
+
+
+def _stage_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name.startswith("stage-")]
+
+
+def test_the_summary_reports_every_stage_and_the_first_frame(clips, demo_config, tmp_path):
+    face = prepare_source(str(PHOTOS / "obama.jpg"), 0, demo_config)
+    summary = reenact(str(clips["whole"]), face, tmp_path / "s.mp4", demo_config)
+    assert list(summary["stage_seconds"]) == ["decode", "follow faces", "crop boxes", "crop", "read faces",
+                                              "parameters", "generate", "compose", "encode"]
+    assert all(seconds >= 0 for seconds in summary["stage_seconds"].values())
+    assert 0 < summary["seconds_to_first_frame"] < summary["seconds_render"]
+    # the detector ran on the first frame and on the key frames (every 8th) only; the face was found at the
+    # working scale (the demo clip is 320 px: searched as it is)
+    assert summary["detections"] == {"start": 1, "lost": 0, "schedule": 1, "degraded": 0, "cut": 0}
+    assert summary["face_scale"] == 1.0 and summary["frames"] == FRAMES
+
+
+def test_a_hard_cut_in_the_driving_video_re_detects_the_face(demo_config, tmp_path):
+    first = decode(DEMO_CLIP)[:12]
+    second = decode(DEMO_VIDEOS / "id00003" / "biden000001" / "00001.mp4")[:12]  # another person, framed otherwise
+    driving = write_clip(tmp_path / "cut.mp4", np.concatenate([first, second]))
+    face = prepare_source(str(PHOTOS / "obama.jpg"), 0, demo_config)
+    summary = reenact(str(driving), face, tmp_path / "cut-out.mp4", demo_config)
+    assert summary["detections"]["cut"] == 1 and summary["frames_without_face"] == 0
+    # the crops follow the new face from the cut on: the driving panel of the grid shows a face, not the background
+    track = prepare_driving(str(driving), demo_config.model_copy(update={"detect_every": 1}))
+    followed = prepare_driving(str(driving), demo_config)
+    centres = lambda boxes: (boxes[:, :2] + boxes[:, 2:]) / 2  # noqa: E731
+    sides = track.boxes[:, 2] - track.boxes[:, 0]
+    assert (np.linalg.norm(centres(followed.boxes) - centres(track.boxes), axis=1) < 0.05 * sides).all()
+
+
+def _fails_on(call: int, real, error: Exception):
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise error
+        return real(*args, **kwargs)
+
+    return wrapper
+
+
+@pytest.mark.parametrize("stage", ["decode", "follow faces", "read faces", "generate", "compose", "encode"])
+def test_a_failure_in_any_stage_stops_the_stream_cleanly(clips, demo_config, tmp_path, monkeypatch, stage):
+    import tasks.reenact
+    from models.detect.track import FaceTracker
+    from storage.video import VideoError, VideoWriter
+
+    networks = networks_for(demo_config)
+    face = prepare_source(str(PHOTOS / "obama.jpg"), 0, demo_config)
+    injected = RuntimeError(f"{stage} failed (injected)")
+    if stage == "decode":
+        real_decoded = tasks.reenact.decoded
+
+        def decoded(reader, batch):
+            for frame in real_decoded(reader, batch):
+                if frame.index == 6:
+                    raise VideoError("cannot decode frame 7 (injected)")
+                yield frame
+
+        monkeypatch.setattr(tasks.reenact, "decoded", decoded)
+        injected = VideoError("cannot decode frame 7 (injected)")
+    elif stage == "follow faces":
+        monkeypatch.setattr(FaceTracker, "__call__", _fails_on(5, FaceTracker.__call__, injected))
+    elif stage == "read faces":
+        monkeypatch.setattr(networks, "estimate", _fails_on(1, networks.estimate, injected))
+    elif stage == "generate":
+        monkeypatch.setattr(networks, "generate", _fails_on(3, networks.generate, injected))
+    elif stage == "compose":
+        monkeypatch.setattr(tasks.reenact, "_even", _fails_on(4, tasks.reenact._even, injected))
+    else:
+        monkeypatch.setattr(VideoWriter, "write", _fails_on(5, VideoWriter.write, injected))
+    output = tmp_path / "out" / "never.mp4"
+    with pytest.raises(type(injected), match="injected"):
+        reenact(str(clips["whole"]), face, output, demo_config)
+    assert not _stage_threads()  # every stage's thread has ended
+    assert not output.parent.exists() or list(output.parent.iterdir()) == []  # no file, no partial file

@@ -5,7 +5,8 @@ import scipy.ndimage
 from PIL import Image
 from skimage.data import astronaut
 
-from models.detect.align import crop_box, crop_faces, landmarks_to_crop, select_faces, smooth_boxes
+from models.detect.align import (crop_box, crop_face, crop_faces, face_mask,
+                                 landmarks_to_crop, landmarks_to_frame, paste_face, select_faces, smooth_boxes)
 from models.detect.base import Face
 
 
@@ -151,3 +152,62 @@ def test_select_faces_follows_a_moving_face_and_ignores_a_brief_larger_one():
 def test_select_faces_on_no_detections():
     chosen, counts = select_faces([[], []])
     assert chosen == [None, None] and counts.tolist() == [0, 0]
+
+
+# --- paste-back --------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def astronaut_face():
+    from models.detect import build_detector
+
+    photo = astronaut()
+    (face,) = build_detector("dlib", threads=1).detect(photo[None])[0]
+    return photo, face.landmarks, crop_box(face.landmarks)
+
+
+def test_face_mask_covers_the_face_softly_and_nothing_outside_its_outline(astronaut_face):
+    photo, landmarks, _ = astronaut_face
+    mask = face_mask(landmarks, photo.shape[:2])
+    nose, chin = landmarks[30].round().astype(int), landmarks[8]
+    assert mask[nose[1], nose[0]] == 1 and mask.max() == 1 and mask.min() == 0
+    hair = (int(landmarks[27, 0]), int(landmarks[19, 1] - 0.8 * (chin[1] - landmarks[19, 1])))  # well above the brows
+    assert mask[hair[1], hair[0]] == 0 and mask[int(chin[1]) + 8, int(chin[0])] == 0  # not the hair, not the neck
+    soft = (mask > 0) & (mask < 1)
+    assert 0.05 < soft.sum() / (mask > 0).sum() < 0.6  # a feathered band along the outline, not a hard edge
+
+
+def test_paste_back_changes_only_pixels_inside_the_mask_and_matches_colour_at_the_seam(astronaut_face):
+    photo, landmarks, box = astronaut_face
+    crop = crop_face(photo, box, 256)
+    brighter = np.clip(crop.astype(int) + 40, 0, 255).astype(np.uint8)  # a generated face lit differently
+    pasted = paste_face(photo, brighter, box, landmarks)
+    mask = face_mask(landmarks, photo.shape[:2])
+    outside = mask == 0
+    assert np.array_equal(pasted[outside], photo[outside])  # the driver's own pixels, unchanged
+    assert (pasted[mask == 1] != photo[mask == 1]).any()
+    # the seam: the crop's colour is matched to the frame's there, so the +40 does not show as a step
+    seam = (mask > 0) & (mask < 0.5)
+    assert np.abs(pasted[seam].astype(int) - photo[seam]).mean() < 6
+    # inside, the face is the crop's (its detail), shifted by the seam's colour difference: about the frame again
+    inner = mask == 1
+    assert np.abs(pasted[inner].astype(int) - photo[inner]).mean() < 8
+    # a flat crop comes out as a flat face in the seam's own colour
+    flat = paste_face(photo, np.full_like(crop, 255), box, landmarks)
+    assert flat[inner].std(axis=0).max() < 1 and np.array_equal(flat[outside], photo[outside])
+    assert np.abs(flat[inner].mean(axis=0) - photo[(mask > 0) & (mask < 1)].mean(axis=0)).max() < 4
+
+
+def test_paste_back_where_the_box_leaves_the_frame(astronaut_face):
+    photo, landmarks, box = astronaut_face
+    shift = np.array([box[2] - 40, 0])  # the face moved so that most of its box hangs off the frame's left edge
+    frame = photo[:, int(shift[0]):].copy()
+    moved, moved_box = landmarks - shift, box - np.r_[shift, shift]
+    pasted = paste_face(frame, np.zeros((256, 256, 3), np.uint8), moved_box, moved)
+    mask = face_mask(moved, frame.shape[:2])
+    assert np.array_equal(pasted[mask == 0], frame[mask == 0]) and (pasted[mask == 1] < frame[mask == 1]).all()
+
+
+def test_landmarks_go_back_to_frame_pixels():
+    boxes = np.array([[10.0, 20.0, 110.0, 120.0], [-30.5, 4.0, 170.5, 205.0]])
+    points = np.random.default_rng(0).uniform(0, 200, (2, 68, 2))
+    np.testing.assert_allclose(landmarks_to_frame(landmarks_to_crop(points, boxes), boxes), points, atol=1e-9)

@@ -5,6 +5,7 @@ import torch
 from skimage.data import astronaut
 
 from models.detect import MissingWeightsError, build_detector
+from models.detect.base import detection_scales, search_scales
 from models.detect.landmarks import LandmarkPredictor, five_points, hog_box_from_five_points
 from models.detect.retinaface_backend import build_network
 from storage.checkpoints import CheckpointKeysError
@@ -73,6 +74,45 @@ def test_dlib_on_a_4k_frame_maps_boxes_and_landmarks_to_full_resolution(dlib_det
     assert np.linalg.norm(faces[0].landmarks - expected, axis=1).mean() < 0.015 * face_size
 
 
+def test_dlib_finds_a_small_face_only_at_a_finer_scale_and_maps_it_back(dlib_detector):
+    # the astronaut's face (87 px in the photograph) at 40 px in a 1280x720 frame: 20 px at the working scale (0.5)
+    frame = np.full((720, 1280, 3), 90, np.uint8)
+    frame[300:540, 700:940] = cv2.resize(astronaut(), (240, 240), interpolation=cv2.INTER_AREA)  # face: 41 px
+    assert detection_scales(720, 1280, 640) == [0.5, 1.0, 2.0]
+    assert detection_scales(1080, 1920, 640) == pytest.approx([1 / 3, 2 / 3, 4 / 3, 2.0])
+    assert detection_scales(2160, 3840, 640) == pytest.approx([1 / 6, 1 / 3, 2 / 3, 1.0])  # at most 3840 px searched
+    assert dlib_detector.detect(frame[None])[0] == []
+    faces, scale = search_scales(dlib_detector, frame)
+    assert scale == 2.0 and len(faces) == 1
+    (reference,) = dlib_detector.detect(astronaut()[None])[0]
+    expected = (reference.landmarks + 0.5) * 240 / 512 - 0.5 + [700, 300]
+    assert np.linalg.norm(faces[0].landmarks - expected, axis=1).mean() < 0.06 * (faces[0].box[2] - faces[0].box[0])
+
+
+def test_a_region_is_searched_alone_and_mapped_to_frame_pixels(dlib_detector):
+    canvas = np.full((400, 900, 3), 90, np.uint8)
+    canvas[50:350, 520:820] = cv2.resize(astronaut()[20:240, 110:330], (300, 300), interpolation=cv2.INTER_CUBIC)
+    (whole,) = dlib_detector.detect(canvas[None])[0]
+    (inside,) = dlib_detector.detect_region(canvas, np.array([450.0, 0.0, 900.0, 400.0]), 0.6)
+    assert dlib_detector.detect_region(canvas, np.array([0.0, 0.0, 450.0, 400.0]), 0.6) == []
+    assert np.abs(inside.box - whole.box).max() < 0.1 * (whole.box[2] - whole.box[0])  # HOG's cell grid shifts
+    _check_landmarks(inside)
+
+
+def test_mtcnn_finds_faces_in_a_batch_with_68_landmarks():
+    detector = build_detector("mtcnn", device="cpu")
+    photo = astronaut()
+    faces = detector.detect(np.stack([photo, photo[:, ::-1], np.full_like(photo, 127)]))
+    assert [len(found) for found in faces] == [1, 1, 0]
+    (face,), (mirrored,), _ = faces
+    assert 150 < face.box[0] < face.box[2] < 330 and face.score > 0.99
+    _check_landmarks(face)
+    (reference,) = build_detector("dlib").detect(photo[None])[0]
+    size = reference.box[2] - reference.box[0]
+    assert np.linalg.norm(face.landmarks - reference.landmarks, axis=1).mean() < 0.03 * size  # the same face
+    assert abs((mirrored.box[0] + mirrored.box[2]) / 2 - (511 - (face.box[0] + face.box[2]) / 2)) < 4
+
+
 def test_landmarks_recover_from_boxes_framed_unlike_dlibs():
     photo = astronaut()
     predictor = LandmarkPredictor()
@@ -93,7 +133,7 @@ def test_landmarks_recover_from_boxes_framed_unlike_dlibs():
 
 
 def test_unknown_detector_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown face detector 'nope'; choose one of dlib, retinaface"):
+    with pytest.raises(ValueError, match="unknown face detector 'nope'; choose one of dlib, retinaface, mtcnn"):
         build_detector("nope")
 
 
@@ -141,7 +181,7 @@ def test_retinaface_batched_decoding_equals_the_packages_own(random_retinaface):
     frames = np.stack([cv2.resize(astronaut(), (160, 160), interpolation=cv2.INTER_AREA),
                        np.full((160, 160, 3), 127, np.uint8)])  # already at max_size: neither side resizes
     detector.max_side, detector.confidence = 160, 0.9  # random weights score high: a few boxes survive NMS
-    found = detector._find(torch.from_numpy(frames))
+    found = detector._decode(torch.from_numpy(frames))
     assert len(found[0][0]) > 0
     for frame, (boxes, scores, points) in zip(frames, found):
         theirs = package.predict_jsons(frame, confidence_threshold=0.9, nms_threshold=detector.nms_iou)

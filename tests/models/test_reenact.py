@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from models.detect.align import crop_face, paste_face
 from models.directions import ANGLE_SCALES, JAW_ROW, SHIFT_SCALE, DirectionMatrix, ParamRanges
 from models.reenact import Reenactor
 from models.stylegan2 import Generator
@@ -119,23 +118,3 @@ def test_last_true_holds_the_latest_good_frame():
         last_true(np.zeros(3, bool))
     with pytest.raises(ValueError, match="no True"):
         nearest_true(np.zeros(3, bool))
-
-
-# --- paste-back --------------------------------------------------------------------------------------------------------
-
-def test_paste_back_puts_the_crop_where_it_was_cut_and_leaves_the_rest():
-    rng = np.random.default_rng(0)
-    frame = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
-    box = np.array([40.0, 20.0, 120.0, 100.0])  # an 80 px square inside the frame
-    crop = crop_face(frame, box, 256)
-    same = paste_face(frame, crop, box)
-    inner = (slice(32, 88), slice(52, 108))  # away from the feathered border and the resampling's blur at edges
-    assert np.abs(same[inner].astype(int) - frame[inner]).mean() < 12  # down- then up-sampled noise comes back close
-    white = paste_face(frame, np.full_like(crop, 255), box)
-    assert (white[inner] == 255).all()
-    outside = np.ones(frame.shape[:2], bool)
-    outside[20:100, 40:120] = False
-    assert np.array_equal(white[outside], frame[outside])
-    # a box that leaves the frame pastes what lies inside it and nothing else
-    edge = paste_face(frame, np.full_like(crop, 255), np.array([-40.0, -40.0, 60.0, 60.0]))
-    assert (edge[10:50, 10:50] == 255).all() and np.array_equal(edge[70:, 70:], frame[70:, 70:])
