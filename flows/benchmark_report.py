@@ -6,16 +6,18 @@ import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from pydantic import BaseModel
+from pydantic import Field
 
 import tasks  # noqa: F401
+from flows.options import POSITIONAL
+from flows.summary import FlowSummary, shown
 from tasks.report import (ReportConfig, load_evaluation_task, metric_tables_task, report_figures_task,
                           screenshot_task, write_report_task)
 
 SCREENSHOT = "report.png"
 
 
-class BenchmarkReportSummary(BaseModel):
+class BenchmarkReportSummary(FlowSummary):
     evaluation: str
     report: str
     figures: list[str]
@@ -26,11 +28,20 @@ class BenchmarkReportSummary(BaseModel):
     images: int
     seconds: float
 
+    def lines(self) -> list[str]:
+        lines = [f"report:  {shown(self.report)} ({self.images} images, {len(self.figures)} figures)"]
+        return lines + ([f"picture: {shown(self.screenshot)}"] if self.screenshot else [])
+
 
 @flow(name="benchmark-report", log_prints=True)
-def benchmark_report(evaluation: str = "outputs/evaluation", out: str | None = None,
-                     config: ReportConfig = ReportConfig()) -> BenchmarkReportSummary:
-    """Write `out`/report.html (default `evaluation`/report): metric tables with bootstrap intervals per protocol,
+def benchmark_report(
+    evaluation: str = Field("outputs/evaluation", description="An evaluation folder written by `reenact evaluate`.", json_schema_extra=POSITIONAL),
+    out: str | None = Field(None, description="Folder for report.html and figures/ (default: EVALUATION/report)."),
+    config: ReportConfig = ReportConfig(),
+) -> BenchmarkReportSummary:
+    """A self-contained HTML benchmark report of an evaluation, with its figures as PNG files beside it.
+
+    Write `out`/report.html (default `evaluation`/report): metric tables with bootstrap intervals per protocol,
     the published numbers beside this run's, distributions, linearity curves and cross-talk, throughput, sample
     grids and the environment, every image inlined; the figures also as `out`/figures/*.png."""
     started = time.perf_counter()

@@ -16,12 +16,13 @@ import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from pydantic import BaseModel
+from pydantic import Field
 
 import tasks  # noqa: F401  (Prefect environment defaults first)
 from flows.make_synthetic_dataset import make_synthetic_dataset
 from flows.preprocess_dataset import preprocess_dataset
 from flows.reenact_video import reenact_video
+from flows.summary import FlowSummary, shown
 from storage.settings import DEMO_PHOTO
 from storage.store import ClipKey, ClipStore
 from tasks.preprocess import PreprocessConfig
@@ -33,7 +34,7 @@ DEMO_WORLD = SynthConfig(identities=3, videos_per_identity=1, clips_per_video=1,
 DEMO_TUNING = {"tune_steps": 100, "tune_lpips_weight": 0.0}  # pixels alone (AlexNet cannot ship); a few seconds
 
 
-class DemoSummary(BaseModel):
+class DemoSummary(FlowSummary):
     world: str
     truth: str
     store: str
@@ -41,10 +42,21 @@ class DemoSummary(BaseModel):
     frames: int
     seconds: float
 
+    def lines(self) -> list[str]:
+        return [f"{len(self.videos)} videos, {self.frames} frames in {self.seconds:.1f} s",
+                f"world:  {shown(self.world)} (true parameters: {Path(self.truth).name})",
+                f"store:  {shown(self.store)}",
+                *(f"video:  {shown(video)}  ({label}; source | driving | result)" for label, video in self.videos.items())]
+
 
 @flow(name="demo", log_prints=True)
-def demo(out: str = "outputs/demo", weights: str = "demo", photo: str = str(DEMO_PHOTO)) -> DemoSummary:
-    """Make the synthetic demo data, preprocess it, and reenact a synthetic source and a real photo with it."""
+def demo(
+    out: str = Field("outputs/demo", description="Folder for the synthetic world, its store and the videos."),
+    weights: str = Field("demo", description="Weights set to reenact with (the bundled 'demo' set by default)."),
+    photo: str = Field(str(DEMO_PHOTO), description="The real photo to reenact (a bundled one by default)."),
+) -> DemoSummary:
+    """The main job on the embedded defaults: make synthetic demo data, preprocess it, and reenact a synthetic
+    source and a real photo with a synthetic driving clip (local Prefect, local Zarr, the bundled demo weights)."""
     started = time.perf_counter()
     root = Path(out)
     world = make_synthetic_dataset(out=str(root / "synthetic"), config=DEMO_WORLD)

@@ -6,42 +6,53 @@ import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger, unmapped
-from pydantic import BaseModel
+from pydantic import Field
 
 import tasks  # noqa: F401
 from storage.manifest import upsert_manifest
 from storage.store import ClipKey, ClipStore
 from tasks.encode import FACE3D, EncodeConfig, encode_clip_task, encoders_for, measure_ranges_task
 from tasks.progress import collect_rows
+from flows.options import POSITIONAL
+from flows.summary import ItemCounts, shown
 from tasks.runners import RunnerConfig
 
 MANIFEST = "manifest-encode.parquet"  # beside preprocessing's manifest.parquet, one row per clip as well
 MANIFEST_EVERY_S = 10.0
 
 
-class EncodeSummary(BaseModel):
+class EncodeSummary(ItemCounts):
     store: str
     manifest: str
     ranges: str | None
     clips: int
-    ok: int
-    skipped: int
-    failed: int
     frames: int
     seconds: float
+
+    def lines(self) -> list[str]:
+        lines = [self.counts_line("clips", self.frames, self.seconds), f"store:    {shown(self.store)}",
+                 f"manifest: {shown(self.manifest)}"]
+        return lines + ([f"ranges:   {shown(self.ranges)}"] if self.ranges else [])
+
+
+def check(store: str, config: EncodeConfig, **_) -> None:
+    """Setup problems, before any clip: the store is there, the backends are known and have their weights."""
+    ClipStore.open(store, create=False)
+    encoders_for(config)
 
 
 @flow(name="encode-dataset", log_prints=True)
 def encode_dataset(
-    store: str = "outputs/dataset.zarr",
+    store: str = Field("outputs/dataset.zarr", description="A clip store written by preprocess-dataset.", json_schema_extra=POSITIONAL),
     config: EncodeConfig = EncodeConfig(),
     runner: RunnerConfig = RunnerConfig(),
-    clips: list[str] | None = None,
-    measure_ranges: bool = True,
+    clips: list[str] | None = Field(None, description="Only these clips (identity/video/clip); default: every clip.", json_schema_extra={"option": "clip"}),
+    measure_ranges: bool = Field(True, description="Measure the [min, max] table of the face3d parameters over the store (ranges-<backend>.npy).", json_schema_extra={"option": "ranges"}),
 ) -> EncodeSummary:
-    """Encode every published clip of `store` (or the listed `identity/video/clip` keys).
+    """Add 3DMM parameters (face3d/) and W+ inversions (inversion/) to every clip of a store, batched, on the GPU
+    when there is one.
 
-    Stages already written with the same settings are skipped. With face3d among the stages and `measure_ranges`,
+    Every published clip of `store`, or the listed `identity/video/clip` keys. Stages already written with the same settings are skipped. With face3d among the stages and `measure_ranges`,
     the [min, max] table of the backend's parameters over the whole store is (re)written as ranges-<backend>.npy.
     """
     started = time.perf_counter()

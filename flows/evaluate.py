@@ -6,11 +6,11 @@ from __future__ import annotations
 import time
 
 from prefect import flow, get_run_logger, unmapped
-from pydantic import BaseModel
 
 import tasks  # noqa: F401
-from tasks.evaluate import (EvaluateConfig, PairEvaluation, distribution_task, evaluate_pair_task, linearity_task,
-                            plan_task, write_results_task)
+from flows.summary import FlowSummary, shown
+from tasks.evaluate import (EvaluateConfig, PairEvaluation, check_request, distribution_task, evaluate_pair_task,
+                            linearity_task, measuring_networks, plan_task, write_results_task)
 from tasks.progress import progress
 from tasks.protocols import ReenactPair
 from tasks.runners import RunnerConfig
@@ -18,7 +18,7 @@ from tasks.runners import RunnerConfig
 HEADLINE = ("csim", "lpips", "apd", "aed", "truth_apd", "truth_aed")  # the summary's one line per protocol
 
 
-class EvaluateSummary(BaseModel):
+class EvaluateSummary(FlowSummary):
     out: str
     pairs: dict[str, int]
     failed: dict[str, int]
@@ -49,15 +49,29 @@ class EvaluateSummary(BaseModel):
         names = self.networks
         lines.append(f"measured by: identity {names['identity']}, LPIPS {names['lpips'] or '-'}, Net3D "
                      f"{names['net3d']}, FID {names['inception'] or '-'}")
-        lines.append(f"results: {self.out} ({self.seconds:.1f} s)")
+        lines.append(f"results: {shown(self.out)} ({self.seconds:.1f} s)")
         return lines
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.pairs and all(self.failed[p] == self.pairs[p] for p in self.pairs) else 0
+
+
+def check(config: EvaluateConfig, **_) -> None:
+    """Setup problems, before any pair: the store and split, the reenacting and measuring networks."""
+    check_request(config)
+    measuring_networks(config)
 
 
 @flow(name="evaluate", log_prints=True)
 def evaluate(config: EvaluateConfig, runner: RunnerConfig = RunnerConfig()) -> EvaluateSummary:
-    """Evaluate `config.reenact`'s weights on the store's test split: per protocol, reenact every pair's chosen
-    frames in memory and measure them (CSIM, LPIPS, APD, AED, and against the truth of a synthetic world), then
-    FID/KID per protocol and the linearity of A. Fixed seeds; the pair lists are saved beside the results."""
+    """Evaluate a weights set on a test split of a store: the paper's self- and cross-reenactment protocols.
+
+    Per generated frame: CSIM (to the source, and to the driving frame), LPIPS (self: to the ground truth), APD and
+    AED (the Net3D's reading of the result vs the driving frame), and with a truth table the pose and expression
+    errors against a synthetic world's true parameters; FID/KID per protocol; the linearity of A. Every figure names
+    the network that measured it; seeds are fixed and the pair lists are saved. The frames are reenacted in
+    memory, never written as videos."""
     started = time.perf_counter()
     logger = get_run_logger()
     plan = plan_task(config)

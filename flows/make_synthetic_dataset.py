@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 from prefect import flow, get_run_logger, unmapped
-from pydantic import BaseModel
+from pydantic import Field
 
 import tasks  # noqa: F401
 from storage.files import atomic_path
+from flows.options import POSITIONAL
+from flows.summary import FlowSummary, shown
 from tasks.progress import collect_rows
 from tasks.runners import RunnerConfig
 from tasks.synthesize import ClipPlan, SynthConfig, plan_world, synthesize_clip_task
@@ -23,7 +25,7 @@ from tasks.synthesize import ClipPlan, SynthConfig, plan_world, synthesize_clip_
 TRUTH_FILE = "truth.parquet"
 
 
-class SynthSummary(BaseModel):
+class SynthSummary(FlowSummary):
     out: str
     truth: str
     clips: int
@@ -32,14 +34,24 @@ class SynthSummary(BaseModel):
     frames: int
     seconds: float
 
+    def lines(self) -> list[str]:
+        return [f"{self.clips} clips: {self.rendered} rendered, {self.skipped} skipped; {self.frames} frames in "
+                f"{self.seconds:.1f} s", f"videos: {shown(self.out)}", f"truth:  {shown(self.truth)}"]
+
 
 @flow(name="make-synthetic-dataset", log_prints=True)
 def make_synthetic_dataset(
-    out: str = "outputs/synthetic",
+    out: str = Field("outputs/synthetic", description="Directory to write the world to (VoxCeleb layout).", json_schema_extra=POSITIONAL),
     config: SynthConfig = SynthConfig(),
     runner: RunnerConfig = RunnerConfig(),
 ) -> SynthSummary:
-    """Render every clip the config plans (skipping finished ones), then write the truth table atomically."""
+    """Render a synthetic VoxCeleb-style dataset of parametric heads whose pose and expression are known.
+
+    Writes <out>/<identity>/<video>/<clip>.mp4 (256x256 H.264, 25 fps, quiet audio) and <out>/truth.parquet: one
+    row per frame with yaw, pitch, roll (degrees), jaw (radians) and the 11 expression coefficients. Re-running
+    skips finished clips; feed the directory to preprocess-dataset like real footage. The truth table is written
+    atomically once every clip is rendered.
+    """
     started = time.perf_counter()
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from prefect import flow, get_run_logger, unmapped
-from pydantic import BaseModel
+from pydantic import Field
 
 import tasks  # noqa: F401
+from flows.summary import ItemCounts, shown
 from storage.inputs import discover
 from storage.manifest import compact_manifest
 from storage.store import ClipStore
@@ -16,32 +18,42 @@ from tasks.progress import collect_rows
 from tasks.runners import RunnerConfig
 
 
-class PreprocessSummary(BaseModel):
+class PreprocessSummary(ItemCounts):
     store: str
     manifest: str
     clips: int
-    ok: int
-    skipped: int
-    failed: int
     frames: int
     seconds: float
+
+    def lines(self) -> list[str]:
+        return [self.counts_line("clips", self.frames, self.seconds), f"store:    {shown(self.store)}",
+                f"manifest: {shown(self.manifest)}"]
+
+
+def check(input: str, config: PreprocessConfig, **_) -> None:
+    """Setup problems, before any clip: the input is there, the detector is known and has its weights."""
+    if not Path(input).exists():
+        raise FileNotFoundError(f"no such input: {input}")
+    detector_for(config)
 
 
 @flow(name="preprocess-dataset", log_prints=True)
 def preprocess_dataset(
-    input: str,
-    store: str = "outputs/dataset.zarr",
+    input: str = Field(description="A VoxCeleb-layout directory (<identity>/<video>/<clip>.mp4) or a .csv/.parquet list with a 'path' column."),
+    store: str = Field("outputs/dataset.zarr", description="The Zarr clip store to create or extend."),
     config: PreprocessConfig = PreprocessConfig(),
     runner: RunnerConfig = RunnerConfig(),
-    input_root: str | None = None,
-    limit: int | None = None,
+    input_root: str | None = Field(None, description="Root that every listed path must stay inside (list files; default: the list's folder)."),
+    limit: int | None = Field(None, ge=1, description="Process only the first N clips."),
 ) -> PreprocessSummary:
-    """Preprocess every clip under `input` (VoxCeleb-layout directory, or a .csv/.parquet list of paths).
+    """Decode videos, detect and align faces, and write 256x256 crops, landmarks and boxes to the clip store.
 
-    Clips already in the store with the same source hash and config hash are skipped when they pass the store's
-    cheap check (a damaged one is computed again); the manifest gets one row per clip of this run (ok / failed /
-    skipped), each as the clip finishes, and keeps the rows of other clips. Other runs may write the same store
-    at the same time.
+    Every clip under `input` (a VoxCeleb-layout directory, or a .csv/.parquet list of paths). Running it again
+    skips clips whose source file and settings are unchanged and whose stored chunks are all there (a damaged
+    clip is computed again); a killed run leaves no half-written clip, and several runs may write one store at
+    once. A video with fewer readable frames than its container declares fails unless accept_truncated. The
+    manifest gets one row per clip of this run (ok / failed / skipped) as each clip finishes, and keeps the rows
+    of other clips.
     """
     started = time.perf_counter()
     sources = discover(input, input_root)[:limit]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from prefect import flow, get_run_logger, unmapped
-from pydantic import BaseModel
+from pydantic import Field
 
 import tasks  # noqa: F401
 from storage.manifest import upsert_manifest
@@ -16,6 +16,8 @@ from tasks.progress import collect_rows
 from tasks.protocols import ReenactPair, cross_pairs, read_pairs, self_pairs, write_pairs
 from tasks.reenact import ReenactConfig, networks_for
 from tasks.reenact_batch import PAIR_COLUMNS, reenact_pair_task
+from flows.options import POSITIONAL
+from flows.summary import ItemCounts, shown
 from tasks.runners import RunnerConfig
 
 MANIFEST = "manifest.parquet"
@@ -23,35 +25,44 @@ PAIRS = "pairs.parquet"
 MANIFEST_EVERY_S = 10.0
 
 
-class ReenactDatasetSummary(BaseModel):
+class ReenactDatasetSummary(ItemCounts):
     out: str
     manifest: str
     pairs_file: str
     pairs: int
-    ok: int
-    skipped: int
-    failed: int
     frames: int
     seconds: float
+
+    def lines(self) -> list[str]:
+        return [self.counts_line("pairs", self.frames, self.seconds),
+                f"videos:   {shown(Path(self.out) / 'videos')}", f"manifest: {shown(self.manifest)}"]
+
+
+def check(config: ReenactConfig, **_) -> None:
+    """Setup problems, before any pair: the weights set is known and its files are there."""
+    networks_for(config)
 
 
 @flow(name="reenact-dataset", log_prints=True)
 def reenact_dataset(
-    out: str = "outputs/reenacted",
-    pairs: str | None = None,
-    store: str | None = None,
-    protocol: Literal["self", "cross"] | None = None,
-    count: int = 100,
-    seed: int = 0,
+    out: str = Field("outputs/reenacted", description="Folder for the videos (videos/<name>.mp4), pairs.parquet and manifest.parquet.", json_schema_extra=POSITIONAL),
+    pairs: str | None = Field(None, description="A .csv/.parquet list of pairs: a 'driving' column, optional 'source', 'source_frame', 'mode' ('cross'/'self'), 'name'. Relative paths resolve against the list's folder."),
+    store: str | None = Field(None, description="The clip store that --protocol draws from (and that clip: entries name)."),
+    protocol: Literal["self", "cross"] | None = Field(None, description="Instead of --pairs: 'self' (every clip of --store drives its own first frame) or 'cross' (--count random pairs of two identities)."),
+    count: int = Field(100, ge=1, description="Pairs of the cross protocol."),
+    seed: int = Field(0, description="Seed of the cross protocol's draw."),
     config: ReenactConfig = ReenactConfig(),
     runner: RunnerConfig = RunnerConfig(),
-    cache: bool = False,
-    limit: int | None = None,
+    cache: bool = Field(False, description="Write inputs that --store lacks into it first (preprocess + encode)."),
+    limit: int | None = Field(None, ge=1, description="Reenact only the first N pairs."),
 ) -> ReenactDatasetSummary:
-    """Reenact every pair of the list file `pairs`, or of `protocol` over `store` (self: each clip drives its own
+    """Reenact many (source, driving) pairs: a list file, or the paper's self / cross protocol over a store.
+
+    Every pair of the list file `pairs`, or of `protocol` over `store` (self: each clip drives its own
     first frame; cross: `count` random pairs of two identities, drawn with `seed`), into `out`.
 
-    Pairs already done with the same settings and inputs are skipped; the pair list is saved as pairs.parquet.
+    Pairs already done with the same settings and inputs are skipped, so a killed run resumes; a failing pair gets a
+    'failed' row in the manifest and the others go on. The pair list is saved as pairs.parquet.
     """
     started = time.perf_counter()
     if (pairs is None) == (protocol is None):

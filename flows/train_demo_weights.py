@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 from prefect import flow, get_run_logger, task
-from pydantic import BaseModel
+from pydantic import Field
 
 import tasks  # noqa: F401  (Prefect environment defaults first)
 from flows.encode_dataset import encode_dataset
@@ -36,6 +36,7 @@ from storage.files import atomic_path, sha256_file
 from storage.settings import PROJECT_ROOT
 from storage.weights import BUNDLED_DIR, WEIGHT_FILES, WEIGHT_SETS
 from flows.evaluate import evaluate
+from flows.summary import FlowSummary, shown
 from tasks.encode import EncodeConfig
 from tasks.evaluate import SUMMARY_FILE, EvaluateConfig
 from tasks.metrics import MetricsConfig
@@ -62,16 +63,27 @@ HELDOUT_FIGURES = {  # provenance name -> evaluate's frame metric (cross protoco
 }
 
 
-class DemoWeightsSummary(BaseModel):
+class DemoWeightsSummary(FlowSummary):
     weights_dir: str  # <work>/weights, holding demo/{generator,encoder,directions,feature_transformer}.safetensors
     provenance: str
     installed: str | None  # models/data/demo when installed
     heldout: dict[str, float]
 
+    def lines(self) -> list[str]:
+        return [f"weights:    {shown(self.weights_dir)}", f"provenance: {shown(self.provenance)}",
+                *([f"installed:  {self.installed}"] if self.installed else []),
+                "held out:   " + ", ".join(f"{key} {value:.4g}" for key, value in self.heldout.items())]
+
 
 @flow(name="train-demo-weights", log_prints=True)
-def train_demo_weights(work: str = "outputs/demo-weights", install: bool = False) -> DemoWeightsSummary:
-    """Train the demo G, encoder and A on a synthetic world, measure them on held-out people, write provenance."""
+def train_demo_weights(
+    work: str = Field("outputs/demo-weights", description="Folder for the worlds, stores, runs and weights."),
+    install: bool = Field(False, description="Copy the trained set and its provenance into models/data/demo."),
+) -> DemoWeightsSummary:
+    """Reproduce the bundled demo set: synthetic world, preprocess, train G, the encoder and A with the configs in
+    training/configs/demo-*.yaml, then measure them on held-out synthetic people (resumes what it finished).
+
+    Writes each stage's settings, figures and the files' sha256 to provenance.json."""
     root = Path(work)
     weights = root / "weights"
     world = make_synthetic_dataset(out=str(root / "world"), config=TRAINING_WORLD)

@@ -17,7 +17,9 @@ from training.directions import train_directions as run_directions_training
 @flow(name="train-directions", log_prints=True)
 def train_directions(config: DirectionsTrainingConfig = DirectionsTrainingConfig(),
                      processes: int = 1) -> TrainingSummary:
-    """Train A for `config.generator` to `config.steps` (synthetic, then real, then paired steps), resuming from the
+    """Train the direction matrix A (G and the Net3D frozen) in the paper's synthetic, real and paired phases.
+
+    A for `config.generator` trains to `config.steps` (synthetic, then real, then paired steps), resuming from the
     latest checkpoint in `config.out`. Checkpoints hold the official A_matrix.pt entries plus 'A_optim' and the
     ranges table; their safetensors (and the final `<out>/directions.safetensors`) carry `shift_scale` and `ranges`
     in their entries, as the weights registry's `demo-directions` is read.

@@ -15,7 +15,9 @@ from training.encoder import train_encoder as run_encoder_training
 
 @flow(name="train-encoder", log_prints=True)
 def train_encoder(config: EncoderTrainingConfig = EncoderTrainingConfig(), processes: int = 1) -> TrainingSummary:
-    """Train the encoder of `config.generator` on `config.store` to `config.steps`, resuming from the latest
+    """Train an e4e encoder that inverts a generator (registry name or file) on a clip store's crops.
+
+    The encoder of `config.generator` trains on `config.store` to `config.steps`, resuming from the latest
     checkpoint in `config.out`. Checkpoints hold 'e' and 'e_optim' (e4e-voxceleb.pt is read as ['e']) and a
     safetensors the weights registry reads; the final export is `<out>/encoder.safetensors`.
     """

@@ -17,7 +17,9 @@ from training.feature_transformer import train_feature_transformer as run_featur
 @flow(name="train-feature-transformer", log_prints=True)
 def train_feature_transformer(config: FeatureTransformerTrainingConfig = FeatureTransformerTrainingConfig(),
                               processes: int = 1) -> TrainingSummary:
-    """Train the Feature Transformer for `config.generator` and `config.directions` to `config.steps`, resuming
+    """Train the Feature Transformer (G, the codes and A frozen) on two frames of one clip of an encoded store.
+
+    The transformer for `config.generator` and `config.directions` trains to `config.steps`, resuming
     from the latest checkpoint in `config.out`; the final `<out>/feature_transformer.safetensors` is what
     `--feature-transformer` (or the registry's demo-feature-transformer) reads."""
     summary = run_stage("training.feature_transformer", run_feature_transformer_training, config, processes)

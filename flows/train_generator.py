@@ -17,7 +17,9 @@ from training.generator import train_generator as run_generator_training
 
 @flow(name="train-generator", log_prints=True)
 def train_generator(config: GeneratorTrainingConfig = GeneratorTrainingConfig(), processes: int = 1) -> TrainingSummary:
-    """Train G (and D) on `config.store` to `config.steps`, resuming from the latest checkpoint in `config.out`.
+    """Train or fine-tune the StyleGAN2 generator on a clip store's crops (resumes from the latest checkpoint).
+
+    G (and D) train on `config.store` to `config.steps`, resuming from the latest checkpoint in `config.out`.
 
     Checkpoints hold rosinality's layout ('g', 'd', 'g_ema', 'g_optim', 'd_optim') and a safetensors of G's moving
     average that the weights registry reads; the final export is `<out>/generator.safetensors`.

@@ -89,9 +89,9 @@ class EvaluateConfig(BaseModel):
 
     store: str = Field(..., description="The clip store to evaluate on (preprocess-dataset's; encode-dataset's stages are used when current).")
     out: str = Field("outputs/evaluation", description="Folder for the results (a rerun replaces them).")
-    protocols: list[Protocol] = Field(list(PROTOCOLS), description="'self' (each clip's first frame performs the clip's other frames; compared with them) and/or 'cross' (random pairs of two identities).")
-    identities: list[str] | None = Field(None, description="The test split: these identities' clips (default: every clip of the store).")
-    max_clips: int | None = Field(50, ge=1, description="Self protocol: at most this many clips of the split, a seeded choice (None: all).")
+    protocols: list[Protocol] = Field(list(PROTOCOLS), description="'self' (each clip's first frame performs the clip's other frames; compared with them) and/or 'cross' (random pairs of two identities); repeat the option for both.", json_schema_extra={"option": "protocol"})
+    identities: list[str] | None = Field(None, description="The test split: these identities' clips (default: every clip of the store); repeat the option for several.", json_schema_extra={"option": "identity"})
+    max_clips: int | None = Field(50, ge=0, description="Self protocol: at most this many clips of the split, a seeded choice (0 or None: all).")
     cross_count: int = Field(50, ge=1, description="Cross protocol: random (source, driving) pairs of two identities, drawn with the seed.")
     frames_per_clip: int | None = Field(None, ge=1, description="Evaluate at most this many driving frames per pair, evenly spaced (None: every frame).")
     seed: int = Field(0, description="Seed of the pair draws (self subset, cross pairs) and of the linearity sources.")
@@ -177,8 +177,9 @@ def check_request(config: EvaluateConfig) -> tuple[ClipStore, list[ClipKey]]:
 
 
 def seeded_subset(items: list, count: int | None, seed: int) -> list:
-    """At most `count` of `items`: a seeded choice, kept in their order (all of them when there are no more)."""
-    if count is None or len(items) <= count:
+    """At most `count` of `items`: a seeded choice, kept in their order (all of them when there are no more, or
+    when `count` is None or 0)."""
+    if not count or len(items) <= count:
         return list(items)
     chosen = np.sort(np.random.default_rng(seed).choice(len(items), count, replace=False))
     return [items[index] for index in chosen]

@@ -312,13 +312,14 @@ class MetricsConfig(BaseModel):
 
     identity: Literal["auto", "arcface", "dlib"] = Field(
         "auto", description="CSIM embedder: 'arcface' (the paper's, user weights), 'dlib' (offline, ships in a "
-                            "wheel), 'auto' (arcface when its weights are there, else dlib).")
+                            "wheel), 'auto' (arcface when its weights are there, else dlib).",
+        json_schema_extra={"option": "embedder"})
     weights_dir: str | None = Field(None, description="Weights directory (default: $REENACT_WEIGHTS_DIR, else weights/).")
     device: str = Field("auto", description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
-    batch_size: int = Field(16, ge=1, description="Images per forward pass.")
+    batch_size: int = Field(16, ge=1, description="Images per forward pass of the measuring networks.", json_schema_extra={"option": "metrics-batch-size"})
     kid_subsets: int = Field(100, ge=1, description="KID: random subset pairs averaged.")
     kid_subset_size: int = Field(1000, ge=2, description="KID: features per subset (fewer when a set is smaller).")
-    seed: int = Field(2020, description="KID: seed of the subset sampling (torch-fidelity's default).")
+    seed: int = Field(2020, description="KID: seed of the subset sampling (torch-fidelity's default).", json_schema_extra={"option": "kid-seed"})
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":

@@ -18,7 +18,7 @@ LOOPBACK = "127.0.0.1"
 class RunnerConfig(BaseModel):
     """How to run a flow's per-item tasks."""
 
-    kind: Literal["local", "dask"] = Field("local", description="'local': a thread pool here; 'dask': a Dask cluster.")
+    kind: Literal["local", "dask"] = Field("local", description="'local': a thread pool here; 'dask': a Dask cluster.", json_schema_extra={"option": "task-runner"})
     workers: int = Field(1, ge=1, description="Threads (local) or worker processes of a new local Dask cluster.")
     dask_address: str | None = Field(None, description="Address of an existing Dask scheduler (dask only).")
     dask_host: str = Field(LOOPBACK, description="Interface a new local Dask cluster's scheduler and workers listen on. Default loopback: only this machine can reach them (a Dask scheduler runs any code it is sent).")

@@ -38,8 +38,8 @@ class SynthConfig(BaseModel):
     """Everything that decides a synthetic world."""
 
     identities: int = Field(4, ge=1, description="Number of synthetic people.")
-    videos_per_identity: int = Field(2, ge=1, description="Videos per person (each video has its own clips).")
-    clips_per_video: int = Field(2, ge=1, description="Clips per video.")
+    videos_per_identity: int = Field(2, ge=1, description="Videos per person (each video has its own clips).", json_schema_extra={"option": "videos"})
+    clips_per_video: int = Field(2, ge=1, description="Clips per video.", json_schema_extra={"option": "clips"})
     min_seconds: float = Field(2.0, gt=0, description="Shortest clip, in seconds.")
     max_seconds: float = Field(8.0, gt=0, description="Longest clip, in seconds.")
     seed: int = Field(0, ge=0, description="Seed of the whole world: identities, clip lengths and motion.")

@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory) -> tuple[Path, str]:
     """The README's main job (`reenact demo`) run once: its folder (synthetic world, store, videos) and output."""
-    from typer.testing import CliRunner
+    from click.testing import CliRunner
 
     from flows.cli import app
 

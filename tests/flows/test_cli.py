@@ -1,4 +1,4 @@
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from flows.cli import app
 
@@ -28,7 +28,7 @@ def test_preprocess_help_explains_inputs_and_options():
     result = runner.invoke(app, ["preprocess-dataset", "--help"])
     assert result.exit_code == 0
     text = " ".join(result.output.split())
-    for words in ("VoxCeleb-layout directory", "--fps", "--task-runner", "--dask-address", "Re-running skips"):
+    for words in ("VoxCeleb-layout directory", "--fps", "--task-runner", "--dask-address", "Running it again skips"):
         assert words in text
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from flows.cli import app
 from flows.evaluate import evaluate

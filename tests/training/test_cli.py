@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from flows.cli import app
 from tests.training import QUICK, TINY_G, flat_colour_frames, write_store
