@@ -1,4 +1,6 @@
 """Prefect flows: short typed compositions of the tasks in `tasks/`. One file per flow; `flows.cli` maps one
 sub-command to each."""
 
-import tasks  # noqa: F401  (applies the project's Prefect environment defaults before Prefect is imported)
+from storage.settings import apply_prefect_defaults
+
+apply_prefect_defaults()  # before any flow module imports Prefect

@@ -8,7 +8,6 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from pydantic import Field
 
-import tasks  # noqa: F401
 from flows.options import POSITIONAL
 from flows.summary import FlowSummary, shown
 from tasks.report import (ReportConfig, load_evaluation_task, metric_tables_task, report_figures_task,

@@ -18,7 +18,6 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from pydantic import Field
 
-import tasks  # noqa: F401  (Prefect environment defaults first)
 from flows.make_synthetic_dataset import make_synthetic_dataset
 from flows.preprocess_dataset import preprocess_dataset
 from flows.reenact_video import reenact_video

@@ -8,7 +8,6 @@ from pathlib import Path
 from prefect import flow, get_run_logger, unmapped
 from pydantic import Field
 
-import tasks  # noqa: F401
 from storage.manifest import upsert_manifest
 from storage.store import ClipKey, ClipStore
 from tasks.encode import FACE3D, EncodeConfig, encode_clip_task, encoders_for, measure_ranges_task

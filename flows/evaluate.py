@@ -7,7 +7,6 @@ import time
 
 from prefect import flow, get_run_logger, unmapped
 
-import tasks  # noqa: F401
 from flows.summary import FlowSummary, shown
 from tasks.evaluate import (EvaluateConfig, PairEvaluation, check_request, distribution_task, evaluate_pair_task,
                             linearity_task, measuring_networks, plan_task, write_results_task)

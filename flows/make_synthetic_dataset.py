@@ -14,7 +14,6 @@ import pandas as pd
 from prefect import flow, get_run_logger, unmapped
 from pydantic import Field
 
-import tasks  # noqa: F401
 from storage.files import atomic_path
 from flows.options import POSITIONAL
 from flows.summary import FlowSummary, shown

@@ -8,7 +8,6 @@ from pathlib import Path
 from prefect import flow, get_run_logger, unmapped
 from pydantic import Field
 
-import tasks  # noqa: F401
 from flows.summary import ItemCounts, shown
 from storage.inputs import discover
 from storage.manifest import compact_manifest

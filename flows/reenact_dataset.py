@@ -9,7 +9,6 @@ from typing import Literal
 from prefect import flow, get_run_logger, unmapped
 from pydantic import Field
 
-import tasks  # noqa: F401
 from storage.manifest import upsert_manifest
 from storage.store import ClipStore
 from tasks.progress import collect_rows

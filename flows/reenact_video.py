@@ -7,7 +7,6 @@ import time
 from prefect import flow, get_run_logger
 from pydantic import Field
 
-import tasks  # noqa: F401
 from flows.summary import FlowSummary, shown
 from tasks.preprocess import detector_for
 from tasks.reenact import Mode, ReenactConfig, check_request, networks_for, prepare_source_task, reenact_task

@@ -24,7 +24,6 @@ import torch
 from prefect import flow, get_run_logger, task
 from pydantic import Field
 
-import tasks  # noqa: F401  (Prefect environment defaults first)
 from flows.encode_dataset import encode_dataset
 from flows.make_synthetic_dataset import make_synthetic_dataset
 from flows.preprocess_dataset import preprocess_dataset

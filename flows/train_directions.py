@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-import tasks  # noqa: F401  (Prefect environment defaults first)
 from training.common.loop import TrainingSummary, run_stage
 from training.directions import DirectionsTrainingConfig
 from training.directions import train_directions as run_directions_training

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-import tasks  # noqa: F401  (Prefect environment defaults first)
 from training.common.loop import TrainingSummary, run_stage
 from training.encoder import EncoderTrainingConfig
 from training.encoder import train_encoder as run_encoder_training

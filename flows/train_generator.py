@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-import tasks  # noqa: F401  (Prefect environment defaults first)
 from training.common.loop import TrainingSummary, run_stage
 from training.generator import GeneratorTrainingConfig
 from training.generator import train_generator as run_generator_training

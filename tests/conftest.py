@@ -6,7 +6,9 @@ import tempfile
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="reenact-prefect-")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-import tasks  # noqa: E402,F401  (the project's other Prefect defaults)
+from storage.settings import apply_prefect_defaults  # noqa: E402
+
+apply_prefect_defaults()  # the project's other Prefect defaults, before any test module imports Prefect
 
 import json  # noqa: E402
 import time  # noqa: E402
