@@ -16,6 +16,7 @@ from typing import Any, Callable
 import click
 from rich.console import Console
 
+from flows.errors import is_user_error
 from flows.options import FlowCommand, HelpContext
 
 console = Console(soft_wrap=True)  # messages stay on one line, whole paths included
@@ -94,15 +95,11 @@ def _first_sentence(text: str) -> str:
 @contextmanager
 def user_errors():
     """Errors in what the user asked for print as one line and exit 2, without a traceback."""
-    from prefect.exceptions import ParameterTypeError
-    from pydantic import ValidationError
-
-    from storage.video import VideoError
-
     try:
         yield
-    # missing weights are FileNotFoundErrors, bad inputs ValueErrors, a refused video a VideoError
-    except (ValueError, FileNotFoundError, KeyError, ValidationError, ParameterTypeError, VideoError) as err:
+    except Exception as err:
+        if not is_user_error(err):
+            raise
         console.print(f"[red]error:[/] {err}", highlight=False)
         raise SystemExit(2) from err
 
