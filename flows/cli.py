@@ -34,6 +34,7 @@ class FlowEntry:
 FLOWS: dict[str, FlowEntry] = {
     "make-synthetic-dataset": FlowEntry("flows.make_synthetic_dataset:make_synthetic_dataset"),
     "preprocess-dataset": FlowEntry("flows.preprocess_dataset:preprocess_dataset", "flows.preprocess_dataset:check"),
+    "store-verify": FlowEntry("flows.store_verify:store_verify"),
     "encode-dataset": FlowEntry("flows.encode_dataset:encode_dataset", "flows.encode_dataset:check"),
     "reenact-video": FlowEntry("flows.reenact_video:reenact_video", "flows.reenact_video:check"),
     "reenact-dataset": FlowEntry("flows.reenact_dataset:reenact_dataset", "flows.reenact_dataset:check"),
@@ -106,7 +107,7 @@ def user_errors():
 
 def _print(summary) -> int:
     for line in summary.lines():
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, markup=False)  # clip names and paths may hold '[...]'
     return summary.exit_code
 
 
@@ -175,7 +176,7 @@ def _training_command(name: str, entry: TrainingEntry) -> click.Command:
                 return
             summary = _load(entry.flow)(config=settings, processes=processes)
         for line in summary.lines():  # a run that did not finish raised
-            console.print(line, highlight=False)
+            console.print(line, highlight=False, markup=False)
 
     return FlowCommand(name, callback=run, help=_docstring(entry.flow), params=[
         click.Argument(["overrides"], nargs=-1),
@@ -195,21 +196,32 @@ def app() -> None:
 @app.command("store-info")
 @click.argument("store", type=click.Path(path_type=Path))
 def store_info(store: Path) -> None:
-    """Show the manifest of a clip store: one line per clip with its status, frames and error."""
+    """Show the manifest of a clip store: one line per clip with its status and frames, then every failed clip with
+    its reason, and the counts."""
+    from rich.markup import escape
     from rich.table import Table
 
-    from storage.manifest import read_manifest
+    from storage.manifest import is_missing, read_manifest
     from storage.store import ClipStore
 
     with user_errors():
         clip_store = ClipStore.open(store, create=False)
     manifest = read_manifest(clip_store.manifest_path)
-    table = Table("clip", "status", "frames", "fps", "faces", "seconds", "error")
+    text = lambda value: "" if is_missing(value) else escape(str(value))  # noqa: E731  (NaN: an empty parquet cell)
+    table = Table("clip", "status", "frames", "fps", "faces", "seconds")
     for row in manifest.to_dict("records"):
-        table.add_row(f"{row['identity']}/{row['video']}/{row['clip']}", row["status"], _fmt(row.get("frames")),
-                      _fmt(row.get("fps")), _fmt(row.get("faces_max")), _fmt(row.get("seconds_total")),
-                      row.get("error") or "")
+        key = f"{row['identity']}/{row['video']}/{row['clip']}"
+        name = text(row.get("name"))
+        table.add_row(escape(key) + (f"\n[dim]{name}[/]" if name and name != escape(key) else ""), text(row["status"]),
+                      _fmt(row.get("frames")), _fmt(row.get("fps")), _fmt(row.get("faces_max")),
+                      _fmt(row.get("seconds_total")))
     console.print(table)
+    failed = manifest[manifest["status"] == "failed"] if len(manifest) else manifest
+    for row in failed.to_dict("records"):
+        console.print(f"[red]failed[/] {escape(row['identity'])}/{escape(row['video'])}/{escape(row['clip'])}: "
+                      f"{text(row.get('error'))}", highlight=False)
+    counts = manifest["status"].value_counts().to_dict() if len(manifest) else {}
+    console.print(f"{len(manifest)} rows: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "skipped", "failed")))
     console.print(f"{len(clip_store.clips())} clips published in {clip_store.root}")
 
 

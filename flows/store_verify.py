@@ -7,9 +7,9 @@ import time
 
 from prefect import flow, get_run_logger
 from prefect.futures import as_completed
-from pydantic import BaseModel
+from pydantic import Field
 
-import tasks  # noqa: F401
+from flows.summary import FlowSummary
 from storage.manifest import compact_manifest, read_manifest
 from storage.store import ClipStore
 from tasks.progress import progress
@@ -19,7 +19,7 @@ from tasks.verify import MISSING, ClipReport, repair_clip_task, verify_clips_tas
 CLIPS_PER_TASK = 32  # a check takes milliseconds a clip: tasks of several clips keep Prefect's overhead small
 
 
-class StoreVerifySummary(BaseModel):
+class StoreVerifySummary(FlowSummary):
     store: str
     clips: int
     whole: int
@@ -43,15 +43,26 @@ class StoreVerifySummary(BaseModel):
                          f"{'removed' if self.removed_versions else '--repair removes them'}")
         return lines
 
+    @property
+    def exit_code(self) -> int:
+        return 1 if len(self.damaged) > self.repaired else 0
+
 
 @flow(name="store-verify", log_prints=True)
-def store_verify(store: str, repair: bool = False, full: bool = True,
-                 runner: RunnerConfig = RunnerConfig()) -> StoreVerifySummary:
-    """Report every clip of `store` that is incomplete, unreadable, or whose bytes no longer match their checksums
-    (naming the array and chunk), and every clip the manifest says was made that the store lacks. `full=False` only
-    checks presence and sizes. With `repair`, such clips are preprocessed again from their sources (or marked failed
-    in the manifest when the source is gone), damaged stages are removed for encode-dataset to redo, and versions
-    no clip uses any more (left by killed writers) are deleted."""
+def store_verify(
+    store: str = Field(description="A clip store written by preprocess-dataset."),
+    repair: bool = Field(False, description="Preprocess damaged or missing clips again from their sources (with the config recorded in each); mark them failed when the source is gone; remove damaged stages and versions no clip uses."),
+    quick: bool = Field(False, description="Only check that every chunk file is there at its published size (what preprocess-dataset checks before skipping a clip), without reading the bytes."),
+    runner: RunnerConfig = RunnerConfig(),
+) -> StoreVerifySummary:
+    """Check every clip of a store against the checksums recorded when it was published.
+
+    Reports each clip that is incomplete, unreadable, or whose bytes changed (naming the array and chunk), and each
+    clip the manifest lists as made that the store lacks; exits 1 while any damage remains. With `repair`, such
+    clips are preprocessed again from their sources (or marked failed in the manifest when the source is gone),
+    damaged stages are removed for encode-dataset to redo, and versions no clip uses any more (left by killed
+    writers) are deleted."""
+    full = not quick
     started = time.perf_counter()
     clip_store = ClipStore.open(store, create=False)
     keys = clip_store.clips()

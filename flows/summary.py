@@ -45,3 +45,22 @@ class ItemCounts(FlowSummary):
 def shown(path: str | Path) -> str:
     """A path as people should see it: absolute, so it can be pasted anywhere."""
     return str(Path(path).resolve())
+
+
+def publish(summary: FlowSummary, key: str, rows: list[dict] | None = None, columns: tuple[str, ...] = ()) -> None:
+    """Show a flow's result in the Prefect UI: its summary as a markdown artifact (`key`), and one table row per
+    item (`key`-items: the `columns` of `rows`, e.g. clip, status, frames, error). Keys must be lowercase letters,
+    digits and dashes; each run adds a new version under the same key."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    create_markdown_artifact(markdown=f"### {key}\n\n{summary.markdown()}", key=key, description=summary.lines()[0])
+    if rows:
+        table = [{column: _cell(row.get(column)) for column in columns} for row in rows]
+        create_table_artifact(table=table, key=f"{key}-items", description=f"{len(rows)} items of {key}")
+
+
+def _cell(value):
+    """Table cells are plain JSON: NaN (pandas' missing value) becomes empty."""
+    if isinstance(value, float) and value != value:
+        return None
+    return value
