@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from pydantic import Field
 
 from flows.options import POSITIONAL
-from flows.summary import FlowSummary, shown
+from flows.summary import FlowSummary, publish, shown
 from tasks.report import (ReportConfig, load_evaluation_task, metric_tables_task, report_figures_task,
                           screenshot_task, write_report_task)
 
@@ -54,7 +54,6 @@ def benchmark_report(
         evaluation=str(evaluation), report=str(written.report), figures=[str(path) for path in written.figures],
         screenshot=str(screenshot) if screenshot else None, protocols=loaded.protocols, metric_rows=len(tables),
         published_rows=written.published_rows, images=written.images, seconds=time.perf_counter() - started)
-    get_run_logger().info("report: %s (%d images, %d figures)", Path(summary.report).resolve(), summary.images,
-                          len(summary.figures))
+    publish(summary, "benchmark-report", link=summary.report)
     return summary
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from pydantic import Field
 
 from flows.make_synthetic_dataset import make_synthetic_dataset
 from flows.preprocess_dataset import preprocess_dataset
 from flows.reenact_video import reenact_video
-from flows.summary import FlowSummary, shown
+from flows.summary import FlowSummary, publish, shown
 from storage.settings import DEMO_PHOTO
 from storage.store import ClipKey, ClipStore
 from tasks.preprocess import PreprocessConfig
@@ -74,7 +74,7 @@ def demo(
         videos[label], frames = result.output, frames + result.frames
     summary = DemoSummary(world=world.out, truth=world.truth, store=store, videos=videos, frames=frames,
                           seconds=time.perf_counter() - started)
-    get_run_logger().info("done: %s", summary.model_dump_json())
+    publish(summary, "demo", [{"video": label, "path": path} for label, path in videos.items()], ("video", "path"))
     return summary
 
 

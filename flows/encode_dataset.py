@@ -13,7 +13,7 @@ from storage.store import ClipKey, ClipStore
 from tasks.encode import FACE3D, EncodeConfig, encode_clip_task, encoders_for, measure_ranges_task
 from tasks.progress import collect_rows
 from flows.options import POSITIONAL
-from flows.summary import ItemCounts, shown
+from flows.summary import ItemCounts, publish, shown
 from tasks.runners import RunnerConfig
 
 MANIFEST = "manifest-encode.parquet"  # beside preprocessing's manifest.parquet, one row per clip as well
@@ -76,13 +76,9 @@ def encode_dataset(
     if measure_ranges and FACE3D in config.stages and any(row["status"] != "failed" for row in rows):
         ranges = measure_ranges_task(str(clip_store.root), config.face3d)
         logger.info("ranges of %s over the store: %s", config.face3d, ranges)
-    counts = {status: sum(r["status"] == status for r in rows) for status in ("ok", "skipped", "failed")}
-    summary = EncodeSummary(
-        store=str(clip_store.root), manifest=str(manifest), ranges=ranges, clips=len(rows),
-        frames=int(sum(r.get("frames") or 0 for r in rows if r["status"] != "failed")),
-        seconds=time.perf_counter() - started, **counts,
-    )
-    logger.info("done: %s", summary.model_dump_json())
+    summary = EncodeSummary(store=str(clip_store.root), manifest=str(manifest), ranges=ranges, clips=len(rows),
+                            seconds=time.perf_counter() - started, **EncodeSummary.tally(rows))
+    publish(summary, "encode-dataset", rows, ("identity", "video", "clip", "status", "frames", "error"))
     return summary
 
 

@@ -4,10 +4,11 @@ per clip and per protocol (the output folder is described in `tasks.evaluate`)."
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from prefect import flow, get_run_logger, unmapped
 
-from flows.summary import FlowSummary, shown
+from flows.summary import FlowSummary, publish, shown
 from tasks.evaluate import (EvaluateConfig, PairEvaluation, check_request, distribution_task, evaluate_pair_task,
                             linearity_task, measuring_networks, plan_task, write_results_task)
 from tasks.progress import progress
@@ -84,7 +85,10 @@ def evaluate(config: EvaluateConfig, runner: RunnerConfig = RunnerConfig()) -> E
     linearity = linearity_task(config, plan.clips) if config.linearity else None
     written = write_results_task(config, plan, evaluations, distribution, linearity, time.perf_counter() - started)
     summary = EvaluateSummary.of(written, config.out, time.perf_counter() - started)
-    logger.info("done: %s", summary.model_dump_json())
+    rows = [{"protocol": protocol, "pairs": summary.pairs[protocol], "failed": summary.failed[protocol],
+             "frames": summary.frames[protocol], **summary.headline[protocol]} for protocol in summary.pairs]
+    publish(summary, "evaluate", rows, tuple(dict.fromkeys(key for row in rows for key in row)),
+            link=str(Path(config.out) / "summary.json"))
     return summary
 
 

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from storage.files import atomic_path
 from flows.options import POSITIONAL
-from flows.summary import FlowSummary, shown
+from flows.summary import FlowSummary, publish, shown
 from tasks.progress import collect_rows
 from tasks.runners import RunnerConfig
 from tasks.synthesize import ClipPlan, SynthConfig, plan_world, synthesize_clip_task
@@ -73,7 +73,7 @@ def make_synthetic_dataset(
         rendered=sum(r["status"] == "rendered" for r in rows), skipped=sum(r["status"] == "skipped" for r in rows),
         frames=len(truth), seconds=time.perf_counter() - started,
     )
-    logger.info("done: %s", summary.model_dump_json())
+    publish(summary, "make-synthetic-dataset", rows, ("identity", "video", "clip", "status", "frames"))
     return summary
 
 

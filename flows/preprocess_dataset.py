@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, unmapped
 from pydantic import Field
 
-from flows.summary import ItemCounts, shown
+from flows.summary import ItemCounts, publish, shown
 from storage.inputs import discover
 from storage.manifest import compact_manifest
 from storage.store import ClipStore
@@ -64,16 +64,13 @@ def preprocess_dataset(
                 f" (removed {cleaned} leftovers of interrupted runs)" if cleaned else "")
     rows = _run_clips.with_options(task_runner=runner.build())(sources, str(clip_store.root), config)
     compact_manifest(clip_store.manifest_path)
-    counts = {status: sum(r["status"] == status for r in rows) for status in ("ok", "skipped", "failed")}
     for row in rows:
         if row["status"] == "failed":
             logger.warning("failed %s/%s/%s: %s", row["identity"], row["video"], row["clip"], row["error"])
-    summary = PreprocessSummary(
-        store=str(clip_store.root), manifest=str(clip_store.manifest_path), clips=len(rows),
-        frames=int(sum(r.get("frames") or 0 for r in rows if r["status"] != "failed")),
-        seconds=time.perf_counter() - started, **counts,
-    )
-    logger.info("done: %s", summary.model_dump_json())
+    summary = PreprocessSummary(store=str(clip_store.root), manifest=str(clip_store.manifest_path), clips=len(rows),
+                                seconds=time.perf_counter() - started, **PreprocessSummary.tally(rows))
+    publish(summary, "preprocess-dataset", rows, ("identity", "video", "clip", "name", "status", "frames", "fps",
+                                                  "face_scale", "frames_without_face", "error"))
     return summary
 
 

@@ -16,7 +16,7 @@ from tasks.protocols import ReenactPair, cross_pairs, read_pairs, self_pairs, wr
 from tasks.reenact import ReenactConfig, networks_for
 from tasks.reenact_batch import PAIR_COLUMNS, reenact_pair_task
 from flows.options import POSITIONAL
-from flows.summary import ItemCounts, shown
+from flows.summary import ItemCounts, publish, shown
 from tasks.runners import RunnerConfig
 
 MANIFEST = "manifest.parquet"
@@ -86,12 +86,10 @@ def reenact_dataset(
     for row in rows:
         if row["status"] == "failed":
             logger.warning("failed %s: %s", row["name"], row["error"])
-    counts = {status: sum(row["status"] == status for row in rows) for status in ("ok", "skipped", "failed")}
-    summary = ReenactDatasetSummary(
-        out=str(out_dir), manifest=str(manifest), pairs_file=str(pairs_file), pairs=len(rows),
-        frames=int(sum(row.get("frames") or 0 for row in rows if row["status"] != "failed")),
-        seconds=time.perf_counter() - started, **counts)
-    logger.info("done: %s", summary.model_dump_json())
+    summary = ReenactDatasetSummary(out=str(out_dir), manifest=str(manifest), pairs_file=str(pairs_file),
+                                    pairs=len(rows), seconds=time.perf_counter() - started,
+                                    **ReenactDatasetSummary.tally(rows))
+    publish(summary, "reenact-dataset", rows, ("name", "status", "frames", "output", "error"))
     return summary
 
 

@@ -7,7 +7,7 @@ import time
 from prefect import flow, get_run_logger
 from pydantic import Field
 
-from flows.summary import FlowSummary, shown
+from flows.summary import FlowSummary, publish, shown
 from tasks.preprocess import detector_for
 from tasks.reenact import Mode, ReenactConfig, check_request, networks_for, prepare_source_task, reenact_task
 
@@ -93,10 +93,11 @@ def reenact_video(
     rendered = reenact_task(driving, face, output, config, store, cache)
     first = rendered["first_frame_at"] - wall
     summary = ReenactSummary(**{**rendered, "seconds_to_first_frame": first}, seconds=time.perf_counter() - started)
-    per_stage = ", ".join(f"{name} {seconds:.1f} s ({summary.frames / seconds:.0f} frames/s)" if seconds > 0 else name
-                          for name, seconds in summary.stage_seconds.items())
-    logger.info("source %s, driving %s: %d frames at %.2f fps (%d without a readable face); %.1f frames/s, first "
-                "frame after %.1f s; stages (overlapped): %s", summary.source, summary.driving, summary.frames,
-                summary.fps, summary.frames_without_face, summary.frames_per_second, first, per_stage)
-    logger.info("done: %s", summary.model_dump_json())
+    stages = [{"stage": name, "seconds": round(seconds, 2),
+               "frames_per_second": round(summary.frames / seconds, 1) if seconds > 0 else None}
+              for name, seconds in summary.stage_seconds.items()]
+    logger.info("source %s, driving %s: %d frames at %.2f fps (%d without a readable face); first frame after "
+                "%.1f s; stages (overlapped): %s", summary.source, summary.driving, summary.frames, summary.fps,
+                summary.frames_without_face, first, ", ".join(f"{s['stage']} {s['seconds']} s" for s in stages))
+    publish(summary, "reenact-video", stages, ("stage", "seconds", "frames_per_second"), link=summary.output)
     return summary

@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 from pydantic import Field
 
-from flows.summary import FlowSummary
+from flows.summary import FlowSummary, publish
 from storage.manifest import compact_manifest, read_manifest
 from storage.store import ClipStore
 from tasks.progress import progress
@@ -87,8 +87,8 @@ def store_verify(
                                  whole=len(keys) - sum(r.key in published for r in reports), damaged=reports,
                                  repaired=sum(r.repaired for r in reports), unreferenced_versions=unreferenced,
                                  removed_versions=repair, seconds=time.perf_counter() - started)
-    logger.info("done: %d clips, %d whole, %d damaged, %d repaired", summary.clips, summary.whole,
-                len(summary.damaged), summary.repaired)
+    publish(summary, "store-verify", [{"clip": r.key, "problems": "; ".join(r.problems), "action": r.action}
+                                      for r in reports], ("clip", "problems", "action"))
     return summary
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from pydantic import Field
 
 from flows.encode_dataset import encode_dataset
@@ -35,7 +35,7 @@ from storage.files import atomic_path, sha256_file
 from storage.settings import PROJECT_ROOT
 from storage.weights import BUNDLED_DIR, WEIGHT_FILES, WEIGHT_SETS
 from flows.evaluate import evaluate
-from flows.summary import FlowSummary, shown
+from flows.summary import FlowSummary, publish, shown
 from tasks.encode import EncodeConfig
 from tasks.evaluate import SUMMARY_FILE, EvaluateConfig
 from tasks.metrics import MetricsConfig
@@ -113,7 +113,7 @@ def train_demo_weights(
     installed = _install_bundle(weights / "demo") if install else None
     summary = DemoWeightsSummary(weights_dir=str(weights), provenance=str(provenance), installed=installed,
                                  heldout={k: v for k, v in heldout.items() if isinstance(v, float)})
-    get_run_logger().info("done: %s", summary.model_dump_json())
+    publish(summary, "train-demo-weights", link=summary.provenance)
     return summary
 
 

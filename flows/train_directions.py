@@ -6,8 +6,9 @@ Runs like train-generator: inside the flow, or in `processes` torchrun processes
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+from prefect import flow
 
+from flows.summary import publish
 from training.common.loop import TrainingSummary, run_stage
 from training.directions import DirectionsTrainingConfig
 from training.directions import train_directions as run_directions_training
@@ -24,6 +25,6 @@ def train_directions(config: DirectionsTrainingConfig = DirectionsTrainingConfig
     in their entries, as the weights registry's `demo-directions` is read.
     """
     summary = run_stage("training.directions", run_directions_training, config, processes)
-    get_run_logger().info("done: %s", summary.model_dump_json())
+    publish(summary, "train-directions", link=summary.export or summary.weights)
     return summary
 

@@ -5,8 +5,9 @@ Runs like train-generator: inside the flow, or in `processes` torchrun processes
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+from prefect import flow
 
+from flows.summary import publish
 from training.common.loop import TrainingSummary, run_stage
 from training.encoder import EncoderTrainingConfig
 from training.encoder import train_encoder as run_encoder_training
@@ -21,5 +22,5 @@ def train_encoder(config: EncoderTrainingConfig = EncoderTrainingConfig(), proce
     safetensors the weights registry reads; the final export is `<out>/encoder.safetensors`.
     """
     summary = run_stage("training.encoder", run_encoder_training, config, processes)
-    get_run_logger().info("done: %s", summary.model_dump_json())
+    publish(summary, "train-encoder", link=summary.export or summary.weights)
     return summary

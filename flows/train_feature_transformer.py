@@ -6,8 +6,9 @@ Runs like train-directions: inside the flow, or in `processes` torchrun processe
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+from prefect import flow
 
+from flows.summary import publish
 from training.common.loop import TrainingSummary, run_stage
 from training.feature_transformer import FeatureTransformerTrainingConfig
 from training.feature_transformer import train_feature_transformer as run_feature_transformer_training
@@ -22,5 +23,5 @@ def train_feature_transformer(config: FeatureTransformerTrainingConfig = Feature
     from the latest checkpoint in `config.out`; the final `<out>/feature_transformer.safetensors` is what
     `--feature-transformer` (or the registry's demo-feature-transformer) reads."""
     summary = run_stage("training.feature_transformer", run_feature_transformer_training, config, processes)
-    get_run_logger().info("done: %s", summary.model_dump_json())
+    publish(summary, "train-feature-transformer", link=summary.export or summary.weights)
     return summary

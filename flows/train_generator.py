@@ -7,8 +7,9 @@ every node with `python -m training.generator` directly (see `training.common.di
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+from prefect import flow
 
+from flows.summary import publish
 from training.common.loop import TrainingSummary, run_stage
 from training.generator import GeneratorTrainingConfig
 from training.generator import train_generator as run_generator_training
@@ -24,5 +25,5 @@ def train_generator(config: GeneratorTrainingConfig = GeneratorTrainingConfig(),
     average that the weights registry reads; the final export is `<out>/generator.safetensors`.
     """
     summary = run_stage("training.generator", run_generator_training, config, processes)
-    get_run_logger().info("done: %s", summary.model_dump_json())
+    publish(summary, "train-generator", link=summary.export or summary.weights)
     return summary

@@ -40,7 +40,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
-from tqdm.auto import tqdm
 
 from models.detect import align
 from models.detect.base import search_scales
@@ -58,6 +57,7 @@ from tasks.driving import (ANALYSIS_BATCH, DrivingFrame, NoReadableFaceError, an
                            read_faces, smooth_parameters)
 from tasks.encode import _AUTOCAST, FACE3D, INVERSION, EncodeConfig, Precision, encode_clip, encoders_for
 from tasks.preprocess import NoFaceError, PreprocessConfig, decode_batch_size, detector_for, preprocess_clip
+from tasks.progress import progress
 from tasks.stream import Pipeline, Stage
 
 log = logging.getLogger(__name__)
@@ -652,7 +652,7 @@ def reenact(driving: str, source: SourceFace | None, output: str | Path, config:
     first_frame_s, first_frame_at, size = None, None, None
     pipeline = Pipeline(stream.frames, stages, QUEUE_SIZE, threaded=threaded)
     with ExitStack() as stack, _reading(stream.name), pipeline as frames, \
-            tqdm(total=stream.frames_count, desc="reenact", unit="frame", disable=None, dynamic_ncols=True) as bar:
+            progress(stream.frames_count, f"reenact {stream.name}", unit="frame") as advance:
         writer = None
         for frame in frames:
             if writer is None:
@@ -664,7 +664,7 @@ def reenact(driving: str, source: SourceFace | None, output: str | Path, config:
             if first_frame_s is None:
                 first_frame_s, first_frame_at = time.perf_counter() - started, time.time()
             read.append(frame.read)
-            bar.update()
+            advance()
     seconds = time.perf_counter() - started
     read = np.array(read, bool)
     stage_seconds = {**pipeline.seconds, "encode": pipeline.consumer_seconds}
