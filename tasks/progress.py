@@ -80,10 +80,10 @@ def progress(total: int, description: str, unit: str = "item") -> Iterator[Calla
             counts[status] += count
             bar.set_postfix(counts, refresh=False)
             bar.update(count)
-            report.update(bar.n, counts)
+            report.update(sum(counts.values()), counts)  # a bar off the terminal counts nothing
 
         yield advance
-        report.update(bar.n, counts, final=True)
+        report.update(sum(counts.values()), counts, final=True)
 
 
 def collect_rows(futures: Sequence[PrefectFuture], description: str,
