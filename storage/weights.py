@@ -445,6 +445,27 @@ REENACTION_SETS: dict[str, ReenactionSet] = {
 }
 
 
+AUTO_SET = "auto"  # the official set when its files are there, else the bundled demo set
+
+
+def set_files(name: str) -> tuple[str, ...]:
+    """The files one reenactment with the set `name` reads: its networks and its Net3D's weights (if any)."""
+    chosen = reenaction_set(name)
+    face3d = {"deca": ("deca",), "synth-regressor": ("face3d-synth-regressor",)}.get(chosen.face3d, ())
+    transformer = (chosen.feature_transformer,) if chosen.feature_transformer else ()
+    return (chosen.generator, chosen.encoder, chosen.directions, *face3d, *transformer)
+
+
+def choose_set(name: str, weights_dir: str | os.PathLike | None = None) -> tuple[str, list[str]]:
+    """The set to reenact with: `name` itself, or for AUTO_SET the official 'voxceleb256' when every file it reads
+    is in the weights directory, else the bundled 'demo'; with the missing official files (empty when none)."""
+    if name != AUTO_SET:
+        return name, []
+    registry = WeightsRegistry(weights_dir)
+    missing = [str(registry.candidates(file)[0]) for file in set_files("voxceleb256") if registry._existing(file) is None]
+    return ("demo" if missing else "voxceleb256"), missing
+
+
 def reenaction_set(name: str) -> ReenactionSet:
     """The named set, or an error that lists the known ones."""
     try:

@@ -39,8 +39,9 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
+from models import MissingWeightsError
 from models.detect import align
 from models.detect.base import search_scales
 from models.detect.track import FaceTracker
@@ -52,7 +53,7 @@ from models.temporal import false_runs, gaussian_smooth, last_true
 from storage.inputs import ClipSource, clip_key_for
 from storage.store import ClipKey, ClipReader, ClipStore
 from storage.video import VideoError, VideoReader, VideoWriter, probe, read_frame, sha256_file
-from storage.weights import WEIGHT_FILES, WeightsRegistry, reenaction_set
+from storage.weights import AUTO_SET, WEIGHT_FILES, WeightsRegistry, choose_set, reenaction_set
 from tasks.driving import (ANALYSIS_BATCH, DrivingFrame, NoReadableFaceError, analysis_stages, batches, decoded,
                            read_faces, smooth_parameters)
 from tasks.encode import _AUTOCAST, FACE3D, INVERSION, EncodeConfig, Precision, encode_clip, encoders_for
@@ -77,7 +78,7 @@ class ReenactInputError(ValueError):
 class ReenactConfig(BaseModel):
     """Everything that decides a reenacted video (the batch size and device only decide how fast)."""
 
-    weights: str = Field("voxceleb256", description="Weights set: 'voxceleb256' (the official release) or 'demo' (the project's small networks).")
+    weights: str = Field(AUTO_SET, description="Weights set: 'voxceleb256' (the official release), 'demo' (the project's small networks, bundled), or 'auto': voxceleb256 when its files are in the weights directory, else demo (said in one line).")
     face3d: str | None = Field(None, description="Net3D backend that reads pose and expression; default: the one the set's A was trained with (deca for voxceleb256, synth-regressor for demo).")
     truncation: float | None = Field(None, gt=0, le=1, description="Truncation of the shifted W+ towards G's mean w; default: the set's (0.7 as the official inference for voxceleb256, 1 = none for demo).")
     feature_transformer: str | None = Field(None, description="Feature Transformer that refines G's features with the source's detail: a registry name or a train-feature-transformer .safetensors export; 'none' = G alone. Default: the set's (demo-feature-transformer for demo; none for voxceleb256, whose official release has none).")
@@ -94,6 +95,15 @@ class ReenactConfig(BaseModel):
     crf: int = Field(18, ge=0, le=51, description="x264 quality of the output (lower is better, larger files).")
     tune_steps: int = Field(0, ge=0, description="Fine-tune a copy of G on the source crop for this many steps before reenacting, so background, hair and identity detail survive (the official inference's optimize_generator, on there by default: 200). 0 = off. About 0.7 s a step on 2 CPU cores for the 256 px G.")
     tune_lpips_weight: float = Field(1.0, ge=0, description="Weight of LPIPS in the tuning loss, beside pixel L2 (official: 1; needs AlexNet's ImageNet weights). 0 tunes on pixels alone and needs no AlexNet.")
+
+    _official_missing: list[str] = PrivateAttr(default_factory=list)  # why 'auto' chose the demo set
+
+    @model_validator(mode="after")
+    def _choose_set(self) -> "ReenactConfig":
+        """'auto' becomes the set it stands for, so that results and done-records name the networks they used;
+        `networks_for` says why once, when the networks load."""
+        self.weights, self._official_missing = choose_set(self.weights, self.weights_dir)
+        return self
 
     def preprocess_config(self) -> PreprocessConfig:
         return PreprocessConfig(fps=self.fps, detector=self.detector, weights_dir=self.weights_dir)
@@ -169,7 +179,11 @@ class ReenactNetworks:
         if self._perceptual is None:
             from storage.networks import lpips
 
-            self._perceptual = lpips(WeightsRegistry(self.config.weights_dir), self.device)
+            try:
+                self._perceptual = lpips(WeightsRegistry(self.config.weights_dir), self.device)
+            except MissingWeightsError as err:
+                raise MissingWeightsError(f"{err} Or tune G on pixels alone, which needs no AlexNet: "
+                                          "--tune-lpips-weight 0.") from None
         return self._perceptual
 
     def _autocast(self):
@@ -246,7 +260,17 @@ def networks_for(config: ReenactConfig) -> ReenactNetworks:
                                           "device", "precision"})
     with _lock:
         if key not in _networks:
-            _networks[key] = ReenactNetworks(config)
+            if config._official_missing:
+                log.warning("the official voxceleb256 weights are not all there (missing %s): reenacting with the "
+                            "bundled demo set; `reenact weights list --set voxceleb256` says where each file goes",
+                            ", ".join(config._official_missing))
+            try:
+                _networks[key] = ReenactNetworks(config)
+            except MissingWeightsError as err:
+                if config.weights == "demo":
+                    raise
+                raise MissingWeightsError(f"{err} To run without the {config.weights} files, reenact with the "
+                                          "bundled set: --weights demo.") from None
         networks = _networks[key]
         if config.tune_steps and config.tune_lpips_weight:
             networks.perceptual()
