@@ -73,7 +73,6 @@ from pydantic import Field, model_validator
 
 from models import MissingWeightsError
 from models.deca import INPUT_SIZE as DECA_INPUT_SIZE, DecaCode, ResnetEncoder, deca_input
-from models.detect.align import CROP_PER_EXTENT as ALIGNED_CROP_PER_EXTENT, SHIFT_UP as ALIGNED_SHIFT_UP
 from models.directions import (NUM_EXPRESSIONS, NUM_PARAMS, SHIFT_SCALE, DirectionMatrix, FaceParams, ParamRanges,
                                to_checkpoint, RANGES_PATH, shift_wplus)
 from models.e4e import Encoder4Editing
@@ -84,13 +83,12 @@ from models.flame import FLAME, N_EXPRESSION, N_SHAPE, FlameOutput, axis_angle_t
 from models.reenact import Reenactor
 from models.stylegan2 import Generator
 from models.synth.head import EXPRESSION_BASIS, JAW_BASIS, LANDMARKS_3D
-from models.synth.render import CAMERA, HEAD_POSITION
 from storage.store import ClipKey, ClipStore
 from storage.weights import WeightsRegistry
 from training.common.checkpoints import Export, load_into, read_weights
 from training.common.config import TrainingConfig, command_line, load_config
 from training.common.distributed import Distributed, wrap
-from training.common.loop import Amp, Stage, TrainingSummary, optimise, requires_grad, train
+from training.common.loop import Amp, Stage, TrainingSummary, adam, optimise, requires_grad, train
 from training.data import StoreCrops, to_model_range
 from training.encoder import frozen_generator, identity_distance, perceptual_distance
 
@@ -218,6 +216,9 @@ class SynthNet3D:
         self.base = torch.as_tensor(LANDMARKS_3D, device=device)
         self.jaw_basis = torch.as_tensor(JAW_BASIS, device=device)
         self.expression_basis = torch.as_tensor(EXPRESSION_BASIS, device=device)
+        from models.synth.render import CAMERA, HEAD_POSITION  # here: the renderer's module pulls OpenCV
+
+        self.camera = CAMERA
         self.head_position = torch.as_tensor(HEAD_POSITION, dtype=torch.float32, device=device)
         self.frontal_box = self.boxes(self.landmarks(torch.zeros(1, NUM_PARAMS, device=device)))
 
@@ -226,9 +227,9 @@ class SynthNet3D:
         points = (self.base + params[:, 3, None, None] * self.jaw_basis
                   + torch.einsum("be,enc->bnc", params[:, 4:], self.expression_basis))
         camera = points @ _rotation(params).transpose(1, 2) + self.head_position
-        depth = CAMERA.distance - camera[..., 2]
-        u = CAMERA.centre + CAMERA.focal * camera[..., 0] / depth
-        v = CAMERA.centre - CAMERA.focal * camera[..., 1] / depth
+        depth = self.camera.distance - camera[..., 2]
+        u = self.camera.centre + self.camera.focal * camera[..., 0] / depth
+        v = self.camera.centre - self.camera.focal * camera[..., 1] / depth
         return torch.stack([u, v], -1)
 
     @staticmethod
@@ -256,6 +257,8 @@ class SynthNet3D:
 def aligned_face_box(count: int, size: int, device: torch.device) -> torch.Tensor:
     """[count, 2, 2] corners standing in for the 68 landmarks of the face in an aligned crop of side `size`
     (`models.detect.align`: the crop is twice the landmarks' larger extent, centred a sixth of it above their box)."""
+    from models.detect.align import CROP_PER_EXTENT as ALIGNED_CROP_PER_EXTENT, SHIFT_UP as ALIGNED_SHIFT_UP  # OpenCV
+
     extent = size / ALIGNED_CROP_PER_EXTENT
     centre = torch.tensor([size / 2, size / 2 + extent * ALIGNED_SHIFT_UP], device=device)
     corners = torch.stack([centre - extent / 2, centre + extent / 2])
@@ -484,7 +487,7 @@ class DirectionsStage(Stage):
                           "num_layers": config.num_layers_shift, "bias": True}
         self.A = DirectionMatrix(**self.arguments).to(self.device)
         self.A_train = wrap(self.A, group)
-        self.A_optim = torch.optim.Adam(self.A.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.A_optim = adam(self.A.parameters(), self.device, lr=config.lr, weight_decay=config.weight_decay)
         self.amp = Amp(config.precision, self.device)
         self.scaler = self.amp.scaler()
         self.ranges = self._ranges()

@@ -45,7 +45,7 @@ from models.stylegan2 import Discriminator, Generator
 from training.common.checkpoints import Export, load_into, read_weights
 from training.common.config import TrainingConfig, command_line, load_config
 from training.common.distributed import Distributed, wrap
-from training.common.loop import (Amp, Stage, TrainingSummary, ema_update, maybe_compile, optimise, requires_grad,
+from training.common.loop import (Amp, Stage, TrainingSummary, adam, ema_update, maybe_compile, optimise, requires_grad,
                                   train)
 from training.data import StoreCrops
 
@@ -204,8 +204,8 @@ class GeneratorStage(Stage):
         self.d_reg_train = wrap(self.d, group, broadcast_buffers=False)
         self.g_train = maybe_compile(self.g_reg_train, config.compile, self.device)
         self.d_train = maybe_compile(self.d_reg_train, config.compile, self.device)
-        self.g_optim = lazy_adam(self.g.parameters(), config.lr, config.g_reg_every)
-        self.d_optim = lazy_adam(self.d.parameters(), config.lr, config.d_reg_every)
+        self.g_optim = lazy_adam(self.g.parameters(), config.lr, config.g_reg_every, self.device)
+        self.d_optim = lazy_adam(self.d.parameters(), config.lr, config.d_reg_every, self.device)
         self.amp = Amp(config.precision, self.device)
         self.g_scaler, self.d_scaler = self.amp.scaler(), self.amp.scaler()
         self.ada = AdaptiveP(config, self.images_per_step)
@@ -329,11 +329,11 @@ class GeneratorStage(Stage):
                 "path/mean_length": float(self.mean_path_length)}
 
 
-def lazy_adam(parameters, lr: float, reg_every: int) -> torch.optim.Adam:
+def lazy_adam(parameters, lr: float, reg_every: int, device: torch.device) -> torch.optim.Adam:
     """Adam with StyleGAN2's corrections for a regulariser run every `reg_every` steps: lr and betas scaled by
     reg_every / (reg_every + 1), so the extra steps do not change the effective schedule."""
     ratio = reg_every / (reg_every + 1)
-    return torch.optim.Adam(parameters, lr=lr * ratio, betas=(0 ** ratio, 0.99 ** ratio))
+    return adam(parameters, device, lr=lr * ratio, betas=(0 ** ratio, 0.99 ** ratio))
 
 
 def train_generator(config: GeneratorTrainingConfig, stop_after: int | None = None) -> TrainingSummary:
