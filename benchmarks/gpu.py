@@ -14,8 +14,9 @@ that would start after --budget seconds is skipped and says so):
   inference    G + A (`models.reenact.Reenactor`, truncation 0.7) frames/s per variant and batch, with the ratio to
                eager fp32 at the same batch and the variant's images against eager fp32 on --codes fixed codes
                (one source, that many driving rows): mean absolute difference and PSNR (range [-1, 1]).
-               Variants: fp32 eager (the reference), fp32 fast ops, bf16 autocast (what --precision bf16 did
-               before), bf16 / fp16 networks (weights and activations cast), with G's fast ops, in NHWC memory.
+               Variants: fp32 eager (the reference), bf16 autocast (what --precision bf16 did before), bf16 /
+               fp16 networks (weights and activations cast), with G's fast ops (`Generator.use_fast_ops`: the
+               up-sampling blur "folded" into the convolution, or as shifted slices: "taps"), in NHWC memory.
   transformer  G + A + the Feature Transformer (32 px, per-source detail computed once) vs G + A, fp32 and bf16.
   tune         one step of tuning G on a source (training/tune_generator.py, pixels only), ms, G alone and with
                the transformer on top.
@@ -106,17 +107,20 @@ class Variant:
 BASELINE = Variant("fp32 eager")
 EAGER_VARIANTS = (
     BASELINE,
-    Variant("fp32 fast ops", RenderPath(fast_ops=True)),
+    Variant("fp32 fast folded", RenderPath(fast_ops=True)),
     Variant("bf16 autocast (before)", autocast="bf16"),
     Variant("bf16 cast", RenderPath("bf16")),
-    Variant("bf16 fast ops", RenderPath("bf16", fast_ops=True)),
-    Variant("bf16 fast ops NHWC", RenderPath("bf16", fast_ops=True, channels_last=True)),
-    Variant("fp16 fast ops NHWC", RenderPath("fp16", fast_ops=True, channels_last=True)),
+    Variant("bf16 fast folded", RenderPath("bf16", fast_ops=True)),
+    Variant("bf16 fast folded NHWC", RenderPath("bf16", fast_ops=True, channels_last=True)),
+    Variant("bf16 fast taps NHWC", RenderPath("bf16", fast_ops=True, channels_last=True, fir="taps")),
+    Variant("fp16 fast folded NHWC", RenderPath("fp16", fast_ops=True, channels_last=True)),
 )
-FAST_BF16 = RenderPath("bf16", fast_ops=True, channels_last=True)
-COMPILED_VARIANTS = (
-    Variant("bf16 fast NHWC compiled", FAST_BF16, compile=True),
-    Variant("bf16 fast NHWC compiled + CUDA graphs", FAST_BF16, compile=True, cuda_graphs=True),
+FAST_BF16 = RenderPath("bf16", fast_ops=True, channels_last=True)  # RenderPath.for_device("bf16", "cuda")
+TAPS_BF16 = RenderPath("bf16", fast_ops=True, channels_last=True, fir="taps")  # what the compiler fuses best
+COMPILED_VARIANTS = (  # the likeliest fastest first: compiling takes a minute or more each
+    Variant("bf16 fast taps NHWC compiled + CUDA graphs", TAPS_BF16, compile=True, cuda_graphs=True),
+    Variant("bf16 fast folded NHWC compiled", FAST_BF16, compile=True),
+    Variant("bf16 fast taps NHWC compiled", TAPS_BF16, compile=True),
 )
 # images per step of each stage at 128 / 256 px (smoke: the smaller for every size)
 TRAIN_BATCHES = {"generator": (64, 32), "encoder": (32, 16), "directions": (24, 12), "feature_transformer": (32, 16)}
@@ -348,7 +352,7 @@ def transformer_section(args, device: torch.device, scale: Scale, record: Record
     batch = args.transformer_batch
     scene = make_scene(scale, device, batch, codes=1, transformer=True)
     image = torch.rand(1, 3, scale.size, scale.size, generator=torch.Generator().manual_seed(2)).to(device) * 2 - 1
-    for variant in (BASELINE, Variant("bf16 fast ops NHWC", FAST_BF16)):
+    for variant in (BASELINE, Variant("bf16 fast folded NHWC", FAST_BF16)):
         if record.over_budget(f"transformer {variant.name}"):
             return
         reenactor = copy.deepcopy(scene.reenactor).use_render_path(variant.path)

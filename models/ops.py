@@ -3,10 +3,12 @@
 These are the reference ("native") versions of the CUDA kernels of NVlabs' and rosinality's code: the same maths
 on any device, so CPU results are the ones the parity fixtures hold.
 
-The fast path of `models.stylegan2` (`Generator.use_fast_ops`) uses three equivalent forms, the same sums in
-another order (so equal up to rounding), that leave no depthwise FIR pass in G:
+The fast path of `models.stylegan2` (`Generator.use_fast_ops`) uses equivalent forms, the same sums in another
+order (so equal up to rounding), that leave no depthwise FIR convolution in G:
 - `fold_fir`: a transposed convolution followed by the FIR is one transposed convolution with the filter folded
-  into its weights (k x k -> k + f - 1), the way NVlabs' `conv2d_resample` thinks of up-sampling convolutions;
+  into its weights (k x k -> k + f - 1; four times the multiply-adds of that convolution, on tensor cores);
+- `fir_taps`: a separable FIR as sums of shifted slices, one axis then the other (plain elementwise work that
+  torch.compile fuses with what follows into one pass over memory);
 - `upsample_transposed`: FIR up-sampling as a depthwise transposed convolution of stride 2 (polyphase: no zeros
   are inserted, read or multiplied);
 - `modulated_epilogue`: demodulation, noise, bias, leaky ReLU and gain in one expression (one addcmul and in-place
@@ -80,6 +82,18 @@ def transposed_padding(kernel_size: int, pad: Sequence[int]) -> int | None:
     `kernel_size` FIR (see `fold_fir`); None when the FIR's padding is not symmetric (no single padding fits)."""
     before, after = pad
     return kernel_size - 1 - before if before == after else None
+
+
+def fir_taps(x: torch.Tensor, taps: Sequence[float], pad: Sequence[int]) -> torch.Tensor:
+    """`upfirdn2d(x, outer(taps, taps), pad=pad)` (no resampling) as shifted slices times constants: the FIR of a
+    separable kernel whose 1-D factor is `taps`, along the width, then the height."""
+    before, after = pad
+    x = F.pad(x, [before, after, before, after])
+    count = len(taps)
+    height, width = x.shape[-2] - count + 1, x.shape[-1] - count + 1
+    flipped = list(taps)[::-1]  # a true convolution, as upfirdn2d
+    x = sum(weight * x[..., :, j:j + width] for j, weight in enumerate(flipped))
+    return sum(weight * x[..., j:j + height, :] for j, weight in enumerate(flipped))
 
 
 def upsample_transposed(x: torch.Tensor, kernel: torch.Tensor, pad: Sequence[int]) -> torch.Tensor:

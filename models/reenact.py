@@ -38,13 +38,15 @@ class RenderPath:
     their precision's rounding (tests/models/test_fast_render.py states the tolerances)."""
 
     precision: Precision = "fp32"
-    fast_ops: bool = False  # FIR folded into the up-sampling convolutions, one epilogue per layer (Generator)
+    fast_ops: bool = False  # G's equivalent fast forms (`Generator.use_fast_ops`): FIR, epilogue, skip up-sampling
     channels_last: bool = False  # feature maps in NHWC order (with fast_ops)
+    fir: str = "folded"  # with fast_ops: the up-sampling blur "folded" into the convolution, or "taps" (compile)
 
     @classmethod
     def for_device(cls, precision: Precision, device: torch.device | str) -> RenderPath:
         """What `precision` means on `device`: on a GPU, bf16 / fp16 are the networks cast to that dtype with the fast
-        ops in channels-last memory (fp32 stays the reference path); a CPU always takes the reference fp32 path."""
+        ops in channels-last memory (fp32 stays the reference path); a CPU always takes the reference fp32 path.
+        (Which FIR form is faster in eager mode is for benchmarks/gpu.py on the GPU to say; folded until then.)"""
         if torch.device(device).type != "cuda" or precision == "fp32":
             return cls()
         return cls(precision, fast_ops=True, channels_last=True)
@@ -90,7 +92,7 @@ class Reenactor(nn.Module):
         fp32: a few thousand numbers a frame), with or without G's fast ops. Returns the Reenactor; images come out
         in the networks' dtype."""
         cast_networks(path.precision, self.generator, self.transformer)
-        self.generator.use_fast_ops(path.fast_ops, path.channels_last)
+        self.generator.use_fast_ops(path.fast_ops, path.channels_last, path.fir)
         self.render_path = path
         return self
 

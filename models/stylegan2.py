@@ -10,10 +10,11 @@ feature map and skip image of every block, and can resume from given ones (see `
 The official code's default `randomize_noise=False` is kept: the stored noise maps make outputs deterministic.
 
 `Generator.use_fast_ops()` switches G to equivalent forms of the same maths for fast inference (the reference
-path, the parity-tested one, stays the default): each up-sampling convolution with its FIR blur folded into one
-transposed convolution, the skip image's FIR up-sampling as a strided depthwise transposed convolution, and
-demodulation, noise, bias and activation as one epilogue (`models.ops`). G runs in whatever dtype its weights
-have (`models.precision`): its input codes and noise maps are cast to it.
+path, the parity-tested one, stays the default): the FIR blur of each up-sampling convolution folded into one
+transposed convolution (`fir="folded"`) or as shifted slices that torch.compile fuses (`fir="taps"`), the skip
+image's FIR up-sampling as a strided depthwise transposed convolution, and demodulation, noise, bias and
+activation as one epilogue (`models.ops`). G runs in whatever dtype its weights have (`models.precision`): its
+input codes and noise maps are cast to it.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.ops import (FusedLeakyReLU, fold_fir, fused_leaky_relu, make_kernel, modulated_epilogue, transposed_padding,
-                        upfirdn2d, upsample_transposed)
+from models.ops import (FusedLeakyReLU, fir_taps, fold_fir, fused_leaky_relu, make_kernel, modulated_epilogue,
+                        transposed_padding, upfirdn2d, upsample_transposed)
+
+FIR_FORMS = ("folded", "taps")  # the fast path's forms of the up-sampling convolutions' blur
 
 BLUR_KERNEL = (1, 3, 3, 1)
 
@@ -82,6 +85,9 @@ class Blur(nn.Module):
         super().__init__()
         self.register_buffer("kernel", make_kernel(kernel) * upsample_factor ** 2)
         self.pad = pad
+        # the 1-D factor of a separable kernel (its outer product is `kernel`), as constants for `fir_taps`
+        one_d = all(isinstance(v, (int, float)) for v in kernel)
+        self.taps = tuple(float(v) * upsample_factor / sum(kernel) for v in kernel) if one_d else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return upfirdn2d(x, self.kernel, pad=self.pad)
@@ -164,8 +170,10 @@ class ModulatedConv2d(nn.Module):
         self.weight = nn.Parameter(torch.randn(1, out_channel, in_channel, kernel_size, kernel_size))
         self.modulation = EqualLinear(style_dim, in_channel, bias_init=1)  # styles start as the identity scale
         self.demodulate = demodulate
-        # `Generator.use_fast_ops`: the up-sampling blur folded into the transposed convolution (when it fits)
+        # `Generator.use_fast_ops`: the up-sampling blur folded into the transposed convolution (when it fits), or
+        # as shifted slices
         self.fast = False
+        self.fir = "folded"
         self.folded_padding = transposed_padding(len(blur_kernel), self.blur.pad) if upsample else None
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
@@ -180,15 +188,18 @@ class ModulatedConv2d(nn.Module):
         return self._shared(x, style)
 
     def _folded(self) -> bool:
-        return self.fast and self.upsample and self.folded_padding is not None
+        return self.fast and self.fir == "folded" and self.upsample and self.folded_padding is not None
 
     def _upsampled(self, x: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
-        """Transposed convolution of stride 2 with `weight` [in, out, k, k] and the FIR blur: two passes, or one
-        with the blur folded into the weights."""
+        """Transposed convolution of stride 2 with `weight` [in, out, k, k] and the FIR blur: two passes, one
+        with the blur folded into the weights, or the blur as shifted slices."""
         if self._folded():
             return F.conv_transpose2d(x, fold_fir(weight, self.blur.kernel), stride=2, padding=self.folded_padding,
                                       groups=groups)
-        return self.blur(F.conv_transpose2d(x, weight, stride=2, groups=groups))
+        out = F.conv_transpose2d(x, weight, stride=2, groups=groups)
+        if self.fast and self.fir == "taps" and self.blur.taps is not None:
+            return fir_taps(out, self.blur.taps, self.blur.pad)
+        return self.blur(out)
 
     def _grouped(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         """The official computation: each sample's modulated weights, all samples in one grouped convolution."""
@@ -367,13 +378,18 @@ class Generator(nn.Module):
             in_channel = out_channel
         self.memory_format = torch.contiguous_format  # of the feature maps; see use_fast_ops
 
-    def use_fast_ops(self, enabled: bool = True, channels_last: bool = False) -> Generator:
+    def use_fast_ops(self, enabled: bool = True, channels_last: bool = False, fir: str = "folded") -> Generator:
         """The equivalent fast forms of the synthesis network's ops (module docstring), or the reference ones again;
-        `channels_last`: feature maps in NHWC memory order (what tensor cores want; the default on a GPU's fast
-        path). Results equal the reference path's up to rounding; returns G."""
+        `fir`: the up-sampling blur folded into the convolution ("folded") or as shifted slices ("taps", for
+        torch.compile); `channels_last`: feature maps in NHWC memory order (what tensor cores want). Results equal
+        the reference path's up to rounding; returns G."""
+        if fir not in FIR_FORMS:
+            raise ValueError(f"fir must be one of {', '.join(FIR_FORMS)}, got {fir!r}")
         for module in self.modules():
             if isinstance(module, (ModulatedConv2d, Upsample)):
                 module.fast = enabled
+            if isinstance(module, ModulatedConv2d):
+                module.fir = fir
         self.memory_format = torch.channels_last if enabled and channels_last else torch.contiguous_format
         return self
 

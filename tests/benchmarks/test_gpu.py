@@ -62,15 +62,15 @@ def test_a_tiny_run_measures_g_and_a_and_a_training_stage(tmp_path):
     out = tmp_path / "gpu.json"
     result = run_benchmark(BLOCKED + ",torchvision", "--smoke", "--device", "cpu", "--out", str(out),
                            "--sections", "inference,train", "--stages", "generator",
-                           "--variants", "fp32 eager,bf16 fast ops NHWC")
+                           "--variants", "fp32 eager,bf16 fast folded NHWC")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["environment"]["device"] == "cpu" and data["skipped"] == []
     rows = {(row["variant"], row["batch"]): row for row in data["sections"]["inference"]}
-    assert set(rows) == {("fp32 eager", 1), ("fp32 eager", 2), ("bf16 fast ops NHWC", 1), ("bf16 fast ops NHWC", 2)}
+    assert set(rows) == {(variant, batch) for variant in ("fp32 eager", "bf16 fast folded NHWC") for batch in (1, 2)}
     assert all(row["frames_per_s"] > 0 for row in rows.values())
     assert rows[("fp32 eager", 2)]["ratio_to_fp32_eager"] == 1.0
-    fast = rows[("bf16 fast ops NHWC", 2)]
+    fast = rows[("bf16 fast folded NHWC", 2)]
     assert fast["ratio_to_fp32_eager"] > 0 and fast["codes"] == 4
     assert fast["psnr_db"] >= 35 and fast["mad"] <= 0.02  # the stated bf16 tolerance, on the tiny G
     (train,) = data["sections"]["train"]
@@ -95,3 +95,4 @@ def test_every_section_and_stage_runs_tiny(tmp_path):
     assert compiled and all(row["psnr_db"] >= 35 for row in compiled)
     for stage in ("generator", "encoder", "directions", "feature_transformer"):
         assert (tmp_path / f"gpu-profile-{stage}-32-fp32.txt").is_file()
+    assert all(row["host_reads_per_step"] >= 0 for row in sections["profile"])

@@ -19,7 +19,7 @@ import torch
 
 from models.directions import DirectionMatrix, ParamRanges
 from models.feature_transformer import FeatureTransformer
-from models.ops import fold_fir, make_kernel, modulated_epilogue, transposed_padding, upfirdn2d, upsample_transposed
+from models.ops import fir_taps, fold_fir, modulated_epilogue, transposed_padding, upfirdn2d, upsample_transposed
 from models.precision import cast_networks, dtype_of, network_dtype
 from models.reenact import Reenactor, RenderPath
 from models.stylegan2 import Generator
@@ -82,6 +82,14 @@ def F_conv_transpose(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.conv_transpose2d(x, weight, stride=2)
 
 
+def test_a_separable_fir_as_shifted_slices_is_upfirdn2d():
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 7, 9, generator=generator, dtype=torch.float64)
+    taps = torch.randn(4, generator=generator, dtype=torch.float64)  # asymmetric
+    expected = upfirdn2d(x, taps[:, None] * taps[None, :], pad=(1, 2))
+    torch.testing.assert_close(fir_taps(x, taps.tolist(), (1, 2)), expected, rtol=0, atol=1e-12)
+
+
 def test_fir_upsampling_as_a_strided_transposed_convolution_is_upfirdn2d():
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(2, 3, 5, 6, generator=generator, dtype=torch.float64)
@@ -107,10 +115,10 @@ def test_the_epilogue_is_demodulation_noise_bias_and_scaled_leaky_relu():
 
 # --- G: fast ops, dtypes ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("batch, channels_last", [(1, False), (3, True)])  # 1: the grouped convolution; 3: shared
-def test_fast_ops_are_the_reference_synthesis_in_float64(batch, channels_last):
+@pytest.mark.parametrize("batch, channels_last, fir", [(1, False, "folded"), (3, True, "folded"), (3, True, "taps")])
+def test_fast_ops_are_the_reference_synthesis_in_float64(batch, channels_last, fir):  # batch 1: grouped convolution
     reference = small_generator().double()
-    fast = copy.deepcopy(reference).use_fast_ops(channels_last=channels_last)
+    fast = copy.deepcopy(reference).use_fast_ops(channels_last=channels_last, fir=fir)
     codes = fixed_codes(reference, batch)
     with torch.no_grad():
         expected = reference.synthesis(codes).image
@@ -157,6 +165,8 @@ def test_precision_names():
     assert RenderPath.for_device("bf16", "cpu") == RenderPath()  # a CPU keeps the reference path
     assert RenderPath.for_device("fp32", "cuda") == RenderPath()
     assert RenderPath.for_device("bf16", "cuda") == RenderPath("bf16", fast_ops=True, channels_last=True)
+    with pytest.raises(ValueError, match="folded, taps"):
+        small_generator().use_fast_ops(fir="other")
 
 
 # --- the Reenactor ---------------------------------------------------------------------------------------------------
@@ -249,7 +259,7 @@ def test_inductor_compiles_the_reenactor_and_its_bf16_fast_path():
         expected = reference(wplus, source, driving, source_image=image, source_detail=detail)
         compiled = reference.compiled()(wplus, source, driving, source_image=image, source_detail=detail)
         assert (compiled - expected).abs().max().item() <= 1e-4
-        fast = copy.deepcopy(reference).use_render_path(RenderPath("bf16", fast_ops=True, channels_last=True))
+        fast = copy.deepcopy(reference).use_render_path(RenderPath("bf16", True, True, fir="taps"))
         detail = fast.source_detail(wplus, image)
         images = fast.compiled()(wplus, source, driving, source_image=image, source_detail=detail)
     assert psnr(images, expected) >= PSNR_FLOOR and mad(images, expected) <= MAD_CEILING
