@@ -442,18 +442,19 @@ def network_files(root: Path, scale: Scale, size: int) -> tuple[str, str]:
 
 
 def stage_run(stage: str, size: int, precision: str, scale: Scale, args, files: dict, device: torch.device,
-              work: Path, steps: int):
+              work: Path, steps: int, fast_ops: str = "off"):
     """(the stage's Stage class, its config, its data resolution) for one measured run."""
     batch = TRAIN_BATCHES[stage][1 if size >= 256 else 0] if not args.smoke else 2
     generator, directions, store = files[size]
-    common = {"store": store, "out": str(work / f"{stage}-{size}-{precision}"), "steps": steps, "batch_size": batch,
+    common = {"store": store, "out": str(work / f"{stage}-{size}-{precision}-{fast_ops}"), "steps": steps,
+              "batch_size": batch,
               "device": str(device), "precision": precision, "log_every": max(steps // 2, 1),
               "checkpoint_every": steps, "image_every": 10 * steps, "workers": args.workers, "resume": False,
               "seed": 0}
     if stage == "generator":
         from training.generator import GeneratorStage, GeneratorTrainingConfig
 
-        config = GeneratorTrainingConfig(**scale.generator(size), **common)
+        config = GeneratorTrainingConfig(**scale.generator(size), fast_ops=fast_ops, **common)
         return GeneratorStage, config, size
     if stage == "encoder":
         from training.encoder import EncoderStage, EncoderTrainingConfig
@@ -493,27 +494,32 @@ def train_section(args, device: torch.device, scale: Scale, record: Record, work
     from training.common.loop import train
 
     files = training_files(args, scale, work)
+    runs = []
     for stage in args.stages:
         for size in args.train_sizes:
             for precision in args.train_precisions:
-                if record.over_budget(f"train {stage} {size} {precision}"):
-                    return
-                build, config, resolution = stage_run(stage, size, precision, scale, args, files, device, work,
-                                                      args.train_steps)
+                runs.append((stage, size, precision, "off"))
+                if stage == "generator" and precision != "fp32":  # G and D with the FIR folded in their convolutions
+                    runs.append((stage, size, precision, "folded"))
+    for stage, size, precision, fast_ops in runs:
+        if record.over_budget(f"train {stage} {size} {precision} fast_ops={fast_ops}"):
+            return
+        build, config, resolution = stage_run(stage, size, precision, scale, args, files, device, work,
+                                              args.train_steps, fast_ops)
 
-                def measure() -> dict:
-                    started = time.perf_counter()
-                    reset_peak(device)
-                    summary = train(build, config, lambda _: resolution, save=False)
-                    shutil.rmtree(config.out, ignore_errors=True)
-                    window = summary.last_window
-                    return {"images_per_s": round(window["images_per_s"], 1),
-                            "steps_per_s": round(window["steps_per_s"], 3),
-                            "data_wait": round(window["data_wait"], 3), "timed_steps": config.log_every,
-                            "peak_gib": peak_memory(device), "wall_s": round(time.perf_counter() - started, 1)}
+        def measure() -> dict:
+            started = time.perf_counter()
+            reset_peak(device)
+            summary = train(build, config, lambda _: resolution, save=False)
+            shutil.rmtree(config.out, ignore_errors=True)
+            window = summary.last_window
+            return {"images_per_s": round(window["images_per_s"], 1),
+                    "steps_per_s": round(window["steps_per_s"], 3),
+                    "data_wait": round(window["data_wait"], 3), "timed_steps": config.log_every,
+                    "peak_gib": peak_memory(device), "wall_s": round(time.perf_counter() - started, 1)}
 
-                guarded(record, "train", {"stage": stage, "size": size, "precision": precision,
-                                          "batch": config.batch_size}, measure)
+        guarded(record, "train", {"stage": stage, "size": size, "precision": precision,
+                                  "batch": config.batch_size, "fast_ops": fast_ops}, measure)
 
 
 # --------------------------------------------------------------------------------------------- profile
@@ -567,6 +573,7 @@ def profile_row(trace, wall: float, steps: int, device: torch.device, record: Re
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     table = events.table(sort_by=sort, row_limit=25)
     if record.out is not None:
+        record.out.parent.mkdir(parents=True, exist_ok=True)
         (record.out.parent / f"{record.out.stem}-profile-{name}.txt").write_text(table + "\n")
     return {"ms_per_step": round(1000 * wall, 2),
             # .item() / float() / bool() of a tensor; on a GPU only the device-to-host copies among them wait for it
@@ -598,10 +605,11 @@ def print_tables(record: Record) -> None:
     rows = [row for row in sections.get("train", []) if "images_per_s" in row]
     if rows:
         print("\ntraining: images/s (second half of the run), share of time waiting for data")
-        print("| stage | size | precision | batch | images/s | steps/s | data wait |\n|---|---|---|---|---|---|---|")
+        print("| stage | size | precision | fast ops | batch | images/s | steps/s | data wait |\n"
+              "|---|---|---|---|---|---|---|---|")
         for row in rows:
-            print(f"| {row['stage']} | {row['size']} | {row['precision']} | {row['batch']} | {row['images_per_s']} | "
-                  f"{row['steps_per_s']} | {row['data_wait']} |")
+            print(f"| {row['stage']} | {row['size']} | {row['precision']} | {row['fast_ops']} | {row['batch']} | "
+                  f"{row['images_per_s']} | {row['steps_per_s']} | {row['data_wait']} |")
     errors = [row for rows in sections.values() for row in rows if "error" in row]
     for row in errors:
         print(f"error: {row}")

@@ -518,6 +518,19 @@ class ConvLayer(nn.Sequential):
         if activate:
             layers.append(FusedLeakyReLU(out_channel) if bias else ScaledLeakyReLU(0.2))
         super().__init__(*layers)
+        self.fast = False  # `Discriminator.use_fast_ops`: the blur folded into the strided convolution
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.fast and isinstance(self[0], Blur)):
+            return super().forward(x)
+        blur, conv, *rest = self
+        # corr(conv(x, f), w) = corr(x, flip(f) * w), * the full convolution (`fold_fir`), at the same stride
+        before, after = blur.pad
+        weight = fold_fir(conv.weight * conv.scale, torch.flip(blur.kernel, [0, 1]))
+        out = F.conv2d(F.pad(x, [before, after, before, after]), weight, bias=conv.bias, stride=conv.stride)
+        for layer in rest:
+            out = layer(out)
+        return out
 
 
 class ResBlock(nn.Module):
@@ -561,6 +574,15 @@ class Discriminator(nn.Module):
             EqualLinear(channels[4] * 4 * 4, channels[4], activation="fused_lrelu"),
             EqualLinear(channels[4], 1),
         )
+
+    def use_fast_ops(self, enabled: bool = True) -> Discriminator:
+        """Each down-sampling layer's FIR blur folded into its strided convolution (one convolution with a
+        (k + 3)-wide kernel instead of a depthwise FIR pass and a k-wide one), or the reference ops again; the
+        same maths up to rounding. Returns D."""
+        for module in self.modules():
+            if isinstance(module, ConvLayer):
+                module.fast = enabled
+        return self
 
     def minibatch_stddev(self, out: torch.Tensor) -> torch.Tensor:
         """Append one channel: the mean standard deviation of the features over each group of images."""

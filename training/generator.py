@@ -78,6 +78,7 @@ class GeneratorTrainingConfig(TrainingConfig):
     ada_kimg: float = Field(500.0, gt=0, description="Thousands of images for p to move by 1 (ADA's speed).")
     ada_every: int = Field(4, ge=1, description="Steps between updates of p.")
     sample_count: int = Field(16, ge=1, description="Images in the logged grid of G's moving average (fixed z).")
+    fast_ops: Literal["off", "folded"] = Field("off", description="G's and D's equivalent fast ops (models.stylegan2 use_fast_ops): the FIR blur folded into the up- and down-sampling convolutions, one epilogue per layer of G; the same maths rounded differently, for bf16/fp16 on a GPU where a depthwise FIR pass is slow. off: the reference ops.")
 
     def generator_config(self) -> dict[str, Any]:
         """Constructor arguments of `models.stylegan2.Generator` (what the exported safetensors records)."""
@@ -194,6 +195,9 @@ class GeneratorStage(Stage):
         self.images_per_step = config.batch_size * group.world_size
         self.g = Generator(**config.generator_config()).to(self.device)
         self.d = Discriminator(**config.discriminator_config()).to(self.device)
+        if config.fast_ops != "off":
+            self.g.use_fast_ops(fir=config.fast_ops)
+            self.d.use_fast_ops()
         self.g_ema = copy.deepcopy(self.g).eval()
         if config.init:
             self._initialise(config.init)

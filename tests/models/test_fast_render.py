@@ -22,7 +22,7 @@ from models.feature_transformer import FeatureTransformer
 from models.ops import fir_taps, fold_fir, modulated_epilogue, transposed_padding, upfirdn2d, upsample_transposed
 from models.precision import cast_networks, dtype_of, network_dtype
 from models.reenact import Reenactor, RenderPath
-from models.stylegan2 import Generator
+from models.stylegan2 import Discriminator, Generator
 from training.tune_generator import GeneratorTuningConfig, tune_generator
 
 STYLE = 32
@@ -127,6 +127,19 @@ def test_fast_ops_are_the_reference_synthesis_in_float64(batch, channels_last, f
     fast.use_fast_ops(False)  # and back: the reference path again, bit for bit
     with torch.no_grad():
         assert torch.equal(fast.synthesis(codes).image, expected)
+
+
+def test_the_discriminators_folded_downsampling_is_the_reference_in_float64():
+    torch.manual_seed(0)
+    reference = Discriminator(32, channel_multiplier=1, channel_max=32).double()
+    fast = copy.deepcopy(reference).use_fast_ops()
+    images = torch.randn(4, 3, 32, 32, dtype=torch.float64, requires_grad=True)
+    expected, logits = reference(images), fast(images)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-12)
+    # R1 differentiates D's output by its input, with the graph kept: the same gradients
+    (gradient_reference,) = torch.autograd.grad(expected.sum(), images, create_graph=True)
+    (gradient_fast,) = torch.autograd.grad(logits.sum(), images, create_graph=True)
+    torch.testing.assert_close(gradient_fast, gradient_reference, rtol=0, atol=1e-12)
 
 
 def test_fast_ops_in_fp32_and_their_gradients():
