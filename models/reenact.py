@@ -40,13 +40,14 @@ class RenderPath:
     precision: Precision = "fp32"
     fast_ops: bool = False  # G's equivalent fast forms (`Generator.use_fast_ops`): FIR, epilogue, skip up-sampling
     channels_last: bool = False  # feature maps in NHWC order (with fast_ops)
-    fir: str = "folded"  # with fast_ops: the up-sampling blur "folded" into the convolution, or "taps" (compile)
+    fir: str = "separate"  # with fast_ops: the up-sampling blur "separate", "folded" into the convolution, "taps"
 
     @classmethod
     def for_device(cls, precision: Precision, device: torch.device | str) -> RenderPath:
         """What `precision` means on `device`: on a GPU, bf16 / fp16 are the networks cast to that dtype with the fast
         ops in channels-last memory (fp32 stays the reference path); a CPU always takes the reference fp32 path.
-        (Which FIR form is faster in eager mode is for benchmarks/gpu.py on the GPU to say; folded until then.)"""
+        The up-sampling blur stays its own pass: folding it in costs four times those convolutions' arithmetic
+        (0.3-0.7x the frames/s on a CPU); whether that pays on a GPU is for benchmarks/gpu.py there to say."""
         if torch.device(device).type != "cuda" or precision == "fp32":
             return cls()
         return cls(precision, fast_ops=True, channels_last=True)

@@ -10,10 +10,11 @@ feature map and skip image of every block, and can resume from given ones (see `
 The official code's default `randomize_noise=False` is kept: the stored noise maps make outputs deterministic.
 
 `Generator.use_fast_ops()` switches G to equivalent forms of the same maths for fast inference (the reference
-path, the parity-tested one, stays the default): the FIR blur of each up-sampling convolution folded into one
-transposed convolution (`fir="folded"`) or as shifted slices that torch.compile fuses (`fir="taps"`), the skip
-image's FIR up-sampling as a strided depthwise transposed convolution, and demodulation, noise, bias and
-activation as one epilogue (`models.ops`). G runs in whatever dtype its weights have (`models.precision`): its
+path, the parity-tested one, stays the default): the FIR blur of each up-sampling convolution as its own pass
+(`fir="separate"`), folded into one transposed convolution (`"folded"`: no FIR pass, four times that
+convolution's multiply-adds) or as shifted slices that torch.compile fuses (`"taps"`), the skip image's FIR
+up-sampling as a strided depthwise transposed convolution, and demodulation, noise, bias and activation as one
+epilogue (`models.ops`). G runs in whatever dtype its weights have (`models.precision`): its
 input codes and noise maps are cast to it.
 """
 
@@ -31,7 +32,7 @@ from torch import nn
 from models.ops import (FusedLeakyReLU, fir_taps, fold_fir, fused_leaky_relu, make_kernel, modulated_epilogue,
                         transposed_padding, upfirdn2d, upsample_transposed)
 
-FIR_FORMS = ("folded", "taps")  # the fast path's forms of the up-sampling convolutions' blur
+FIR_FORMS = ("separate", "folded", "taps")  # the fast path's forms of the up-sampling convolutions' blur
 
 BLUR_KERNEL = (1, 3, 3, 1)
 
@@ -170,10 +171,10 @@ class ModulatedConv2d(nn.Module):
         self.weight = nn.Parameter(torch.randn(1, out_channel, in_channel, kernel_size, kernel_size))
         self.modulation = EqualLinear(style_dim, in_channel, bias_init=1)  # styles start as the identity scale
         self.demodulate = demodulate
-        # `Generator.use_fast_ops`: the up-sampling blur folded into the transposed convolution (when it fits), or
-        # as shifted slices
+        # `Generator.use_fast_ops`: the up-sampling blur as its own pass, folded into the transposed convolution
+        # (when it fits), or as shifted slices
         self.fast = False
-        self.fir = "folded"
+        self.fir = "separate"
         self.folded_padding = transposed_padding(len(blur_kernel), self.blur.pad) if upsample else None
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
@@ -211,7 +212,7 @@ class ModulatedConv2d(nn.Module):
         k = self.kernel_size
         if self.upsample:
             weight = weight.transpose(1, 2).reshape(batch * in_channel, self.out_channel, k, k)
-            if self._folded():
+            if self.fast:  # the blur works per channel: on [1, B * out] as on [B, out]
                 out = self._upsampled(x.reshape(1, batch * in_channel, height, width), weight, groups=batch)
                 return out.view(batch, self.out_channel, *out.shape[2:])
             out = F.conv_transpose2d(x.reshape(1, batch * in_channel, height, width), weight, stride=2, groups=batch)
@@ -378,11 +379,11 @@ class Generator(nn.Module):
             in_channel = out_channel
         self.memory_format = torch.contiguous_format  # of the feature maps; see use_fast_ops
 
-    def use_fast_ops(self, enabled: bool = True, channels_last: bool = False, fir: str = "folded") -> Generator:
+    def use_fast_ops(self, enabled: bool = True, channels_last: bool = False, fir: str = "separate") -> Generator:
         """The equivalent fast forms of the synthesis network's ops (module docstring), or the reference ones again;
-        `fir`: the up-sampling blur folded into the convolution ("folded") or as shifted slices ("taps", for
-        torch.compile); `channels_last`: feature maps in NHWC memory order (what tensor cores want). Results equal
-        the reference path's up to rounding; returns G."""
+        `fir`: the up-sampling blur as its own pass ("separate"), folded into the convolution ("folded") or as
+        shifted slices ("taps", for torch.compile); `channels_last`: feature maps in NHWC memory order (what tensor
+        cores want). Results equal the reference path's up to rounding; returns G."""
         if fir not in FIR_FORMS:
             raise ValueError(f"fir must be one of {', '.join(FIR_FORMS)}, got {fir!r}")
         for module in self.modules():
@@ -524,7 +525,8 @@ class ConvLayer(nn.Sequential):
         if not (self.fast and isinstance(self[0], Blur)):
             return super().forward(x)
         blur, conv, *rest = self
-        # corr(conv(x, f), w) = corr(x, flip(f) * w), * the full convolution (`fold_fir`), at the same stride
+        # the FIR (a true convolution with f) then the strided correlation with w are one strided correlation with
+        # flip(f) fully convolved with w (`fold_fir`), on the input padded as the FIR pads it
         before, after = blur.pad
         weight = fold_fir(conv.weight * conv.scale, torch.flip(blur.kernel, [0, 1]))
         out = F.conv2d(F.pad(x, [before, after, before, after]), weight, bias=conv.bias, stride=conv.stride)

@@ -59,6 +59,7 @@ carry `shift_scale` and the `ranges` table in their entries, which `tasks.reenac
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections.abc import Sequence
@@ -73,7 +74,7 @@ from pydantic import Field, model_validator
 
 from models import MissingWeightsError
 from models.deca import INPUT_SIZE as DECA_INPUT_SIZE, DecaCode, ResnetEncoder, deca_input
-from models.directions import (NUM_EXPRESSIONS, NUM_PARAMS, SHIFT_SCALE, DirectionMatrix, FaceParams, ParamRanges,
+from models.directions import (NUM_EXPRESSIONS, NUM_PARAMS, SHIFT_SCALE, DirectionMatrix, ParamRanges,
                                to_checkpoint, RANGES_PATH, shift_wplus)
 from models.e4e import Encoder4Editing
 from models.images import resize_to
@@ -81,7 +82,6 @@ from models.face3d.deca_backend import crop_to_image, face_params
 from models.face3d.regressor import CROP_PER_EXTENT, Face3DRegressor, load_regressor, regressor_input
 from models.flame import FLAME, N_EXPRESSION, N_SHAPE, FlameOutput, axis_angle_to_matrix, orthographic_projection
 from models.reenact import Reenactor
-from models.stylegan2 import Generator
 from models.synth.head import EXPRESSION_BASIS, JAW_BASIS, LANDMARKS_3D
 from storage.store import ClipKey, ClipStore
 from storage.weights import WeightsRegistry
@@ -89,7 +89,7 @@ from training.common.checkpoints import Export, load_into, read_weights
 from training.common.config import TrainingConfig, command_line, load_config
 from training.common.distributed import Distributed, wrap
 from training.common.loop import Amp, Stage, TrainingSummary, adam, optimise, requires_grad, train
-from training.data import StoreCrops, to_model_range
+from training.data import StoreCrops, to_device, to_model_range
 from training.encoder import frozen_generator, identity_distance, perceptual_distance
 
 PHASES = ("synthetic", "real", "paired")
@@ -357,8 +357,15 @@ def build_net3d(config: DirectionsTrainingConfig, device: torch.device) -> Net3D
 
 def pair_distances(landmarks: torch.Tensor, pairs: Sequence[tuple[int, int]], unit: float) -> torch.Tensor:
     """[B, P] distances of landmark pairs, in `unit`s of the landmarks' frame (the Net3D's `landmark_unit`)."""
-    first, second = (torch.as_tensor(index, device=landmarks.device) for index in zip(*pairs))
+    first, second = _pair_indices(tuple(pairs), landmarks.device)
     return (landmarks[:, first] - landmarks[:, second]).norm(dim=-1) / unit
+
+
+@functools.cache
+def _pair_indices(pairs: tuple[tuple[int, int], ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pairs' first and second landmark indices on `device`, made once (not copied to it every step)."""
+    first, second = zip(*pairs)
+    return torch.tensor(first, device=device), torch.tensor(second, device=device)
 
 
 def pair_distance_error(landmarks: torch.Tensor, truth: torch.Tensor, pairs: Sequence[tuple[int, int]],
@@ -441,11 +448,11 @@ class StoreFrames:
         """Crops in [-1, 1], stored parameters [B, columns] and (optionally) stored W+ of frames."""
         clip_frame = self.dataset.items[items]
         crops = to_model_range(torch.stack(self.dataset.__getitems__([int(i) for i in items])), device)
-        params = torch.as_tensor(np.stack([self.params[int(c)][int(f)] for c, f in clip_frame]), device=device)
+        params = to_device(torch.from_numpy(np.stack([self.params[int(c)][int(f)] for c, f in clip_frame])), device)
         out = {"crops": crops, "params": params}
         if wplus:
             codes = np.stack([np.asarray(self.wplus[int(c)][int(f)], np.float32) for c, f in clip_frame])
-            out["wplus"] = torch.as_tensor(codes, device=device)
+            out["wplus"] = to_device(torch.from_numpy(codes), device)
         return out
 
 
@@ -586,11 +593,11 @@ class DirectionsStage(Stage):
     def _read_params(self, images: torch.Tensor) -> torch.Tensor:
         return split_reading(self.net3d.read(images))[0]
 
-    def _to_shift(self, params: torch.Tensor) -> torch.Tensor:
-        return self.ranges.to_shift_space(FaceParams.from_vector(params), self.config.shift_scale)
+    def _to_shift(self, params: torch.Tensor) -> torch.Tensor:  # the Reenactor's map: device tensors, no copy
+        return self.reenactor.shift_map.to_shift(params)
 
     def _from_shift(self, coords: torch.Tensor) -> torch.Tensor:
-        return self.ranges.from_shift_space(coords, self.config.shift_scale).to_vector()
+        return self.reenactor.shift_map.from_shift(coords)
 
     @torch.no_grad()
     def _pairs(self, phase: Phase) -> Pairs:
@@ -660,7 +667,7 @@ class DirectionsStage(Stage):
         total, terms = self.losses(self._pairs(phase), self.A_train)
         optimise(total, self.A_optim, self.scaler, self.A)
         return {"loss": total.detach(), **{name: value.detach() for name, value in terms.items()},
-                "phase": torch.tensor(float(PHASES.index(phase)), device=self.device)}
+                "phase": torch.full((), float(PHASES.index(phase)), device=self.device)}
 
     @torch.no_grad()
     def validation_error(self) -> float:

@@ -23,7 +23,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from pydantic import Field
 

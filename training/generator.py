@@ -175,7 +175,8 @@ class AdaptiveP:
         if self.mode != "ada":
             return
         self.signs = self.signs.to(real_pred.device) + torch.stack(
-            [torch.sign(real_pred.detach().float()).sum(), real_pred.new_tensor(real_pred.numel(), dtype=torch.float)])
+            [torch.sign(real_pred.detach().float()).sum(), torch.full((), real_pred.numel(), dtype=torch.float,
+                                                                     device=real_pred.device)])
         if (step + 1) % self.every == 0:
             total = group.mean(self.signs)
             self.r_t = float(total[0] / total[1])

@@ -115,7 +115,8 @@ def test_the_epilogue_is_demodulation_noise_bias_and_scaled_leaky_relu():
 
 # --- G: fast ops, dtypes ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("batch, channels_last, fir", [(1, False, "folded"), (3, True, "folded"), (3, True, "taps")])
+@pytest.mark.parametrize("batch, channels_last, fir", [(1, False, "folded"), (3, True, "folded"), (3, True, "taps"),
+                                                       (3, True, "separate")])
 def test_fast_ops_are_the_reference_synthesis_in_float64(batch, channels_last, fir):  # batch 1: grouped convolution
     reference = small_generator().double()
     fast = copy.deepcopy(reference).use_fast_ops(channels_last=channels_last, fir=fir)
@@ -144,7 +145,7 @@ def test_the_discriminators_folded_downsampling_is_the_reference_in_float64():
 
 def test_fast_ops_in_fp32_and_their_gradients():
     reference = small_generator()
-    fast = copy.deepcopy(reference).use_fast_ops()
+    fast = copy.deepcopy(reference).use_fast_ops(fir="folded")
     codes = fixed_codes(reference, 4).requires_grad_(True)
     expected = reference.synthesis(codes).image
     image = fast.synthesis(codes).image
@@ -155,13 +156,14 @@ def test_fast_ops_in_fp32_and_their_gradients():
     torch.testing.assert_close(gradient_fast, gradient_reference, rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("precision, fast_ops", [("bf16", False), ("bf16", True), ("fp16", True)])
-def test_half_precision_networks_stay_within_the_stated_tolerance(precision, fast_ops):
+@pytest.mark.parametrize("precision, fir", [("bf16", None), ("bf16", "separate"), ("bf16", "folded"),
+                                           ("bf16", "taps"), ("fp16", "separate")])
+def test_half_precision_networks_stay_within_the_stated_tolerance(precision, fir):
     reference = small_generator()
     codes = fixed_codes(reference, 8)
     half = copy.deepcopy(reference)
     cast_networks(precision, half)
-    half.use_fast_ops(fast_ops)
+    half.use_fast_ops(fir is not None, channels_last=fir is not None, fir=fir or "separate")
     assert network_dtype(half) == dtype_of(precision) and half.noises.noise_0.dtype == dtype_of(precision)
     with torch.no_grad():
         expected = reference.synthesis(codes).image
@@ -178,7 +180,7 @@ def test_precision_names():
     assert RenderPath.for_device("bf16", "cpu") == RenderPath()  # a CPU keeps the reference path
     assert RenderPath.for_device("fp32", "cuda") == RenderPath()
     assert RenderPath.for_device("bf16", "cuda") == RenderPath("bf16", fast_ops=True, channels_last=True)
-    with pytest.raises(ValueError, match="folded, taps"):
+    with pytest.raises(ValueError, match="separate, folded, taps"):
         small_generator().use_fast_ops(fir="other")
 
 
