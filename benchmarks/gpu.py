@@ -573,8 +573,10 @@ def profile_row(trace, wall: float, steps: int, device: torch.device, record: Re
     def copies(direction: str) -> int:  # CUDA's copy activities: "Memcpy HtoD (Pageable -> Device)", ...
         return sum(count for key, count in counts.items() if key.startswith(f"Memcpy {direction}"))
 
-    device_time = sum(getattr(event, "self_device_time_total", 0) or 0 for event in events) / 1e6 / steps
-    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    # the device's own events (kernels, copies): their time is when the device was busy
+    device_time = sum(event.self_device_time_total for event in events
+                      if event.device_type == torch.autograd.DeviceType.CUDA) / 1e6 / steps
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     table = events.table(sort_by=sort, row_limit=25)
     if record.out is not None:
         record.out.parent.mkdir(parents=True, exist_ok=True)
