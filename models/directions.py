@@ -109,13 +109,17 @@ class ParamRanges:
                              "value (too few frames, or a backend that does not estimate it)")
         return cls(table)
 
-    def _affine(self, shift_scale: float, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """slope, offset [15] of the map to shift units: angles are scaled; jaw and expressions go from [min, max]
-        onto [-shift_scale, shift_scale] (the official `initialize_directions` fits this line through the two
-        points; it writes ±6 for the jaw, which is shift_scale for the released A)."""
+    def affine(self, shift_scale: float = SHIFT_SCALE) -> tuple[np.ndarray, np.ndarray]:
+        """slope, offset float64 [15] of the map to shift units: angles are scaled; jaw and expressions go from
+        [min, max] onto [-shift_scale, shift_scale] (the official `initialize_directions` fits this line through the
+        two points; it writes ±6 for the jaw, which is shift_scale for the released A)."""
         low, high = self.table[JAW_ROW:FIRST_EXPRESSION_ROW + NUM_EXPRESSIONS].T
         slope = np.concatenate([shift_scale / np.asarray(ANGLE_SCALES), 2 * shift_scale / (high - low)])
         offset = np.concatenate([np.zeros(NUM_ANGLES), -shift_scale - slope[NUM_ANGLES:] * low])
+        return slope, offset
+
+    def _affine(self, shift_scale: float, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        slope, offset = self.affine(shift_scale)
         return (torch.as_tensor(slope, dtype=like.dtype, device=like.device),
                 torch.as_tensor(offset, dtype=like.dtype, device=like.device))
 
@@ -129,6 +133,31 @@ class ParamRanges:
         """The inverse: [B, 15] shift units -> face parameters (e.g. the target of a one-direction shift)."""
         slope, offset = self._affine(shift_scale, coords)
         return FaceParams.from_vector((coords - offset) / slope)
+
+
+class ShiftMap(nn.Module):
+    """A ranges table's map between face parameters [B, 15] (`PARAM_NAMES` order) and A's shift units, held as
+    device tensors: the same numbers as `ParamRanges.to_shift_space`, without numpy or a host-to-device copy per
+    call, so it compiles (torch.compile) and never waits for the device. Its buffers are not saved."""
+
+    def __init__(self, ranges: ParamRanges, shift_scale: float = SHIFT_SCALE, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.ranges, self.shift_scale = ranges, shift_scale
+        slope, offset = ranges.affine(shift_scale)
+        self.register_buffer("slope", torch.as_tensor(slope, dtype=dtype), persistent=False)
+        self.register_buffer("offset", torch.as_tensor(offset, dtype=dtype), persistent=False)
+
+    def to_shift(self, params: torch.Tensor) -> torch.Tensor:
+        """Face parameters [B, 15] -> shift units [B, 15]."""
+        return params * self.slope.to(params.dtype) + self.offset.to(params.dtype)
+
+    def from_shift(self, coords: torch.Tensor) -> torch.Tensor:
+        """Shift units [B, 15] -> face parameters [B, 15]."""
+        return (coords - self.offset.to(coords.dtype)) / self.slope.to(coords.dtype)
+
+    def delta(self, source: torch.Tensor, driving: torch.Tensor) -> torch.Tensor:
+        """Δp [B, 15] as `delta_p`: each side mapped to shift units, then subtracted."""
+        return self.to_shift(driving) - self.to_shift(source)
 
 
 def delta_p(source: FaceParams, driving: FaceParams, ranges: ParamRanges,

@@ -59,6 +59,9 @@ class FeatureTransformer(nn.Module):
         for head in (self.flow, self.gate):  # start as the identity: refined = g_r
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
+        # grid_sample's coordinates of the unmoved map [1, R, R, 2], made once (not saved)
+        identity = F.affine_grid(torch.eye(2, 3)[None], [1, 1, resolution, resolution], align_corners=False)
+        self.register_buffer("identity_grid", identity, persistent=False)
 
     def config(self) -> dict[str, int]:
         """Constructor arguments (what an exported file records)."""
@@ -77,26 +80,31 @@ class FeatureTransformer(nn.Module):
                 reenacted_features: torch.Tensor) -> torch.Tensor:
         """Refined features [B, C, R, R] from the source crop [B or 1, 3, S, S] in [-1, 1] and G's block features of
         the source code [B or 1, C, R, R] and of the reenacted codes [B, C, R, R]."""
-        return self.refine(SourceDetail(source_features, self.detail(source_image) - source_features),
+        return self.refine(SourceDetail(source_features, self._detail(source_image) - source_features),
                            reenacted_features)
+
+    def _detail(self, source_image: torch.Tensor) -> torch.Tensor:
+        return self.detail(source_image.to(self.flow.weight.dtype))  # the crop in the transformer's dtype
 
     def source_detail(self, generator: Generator, source_code: torch.Tensor,
                       source_image: torch.Tensor) -> SourceDetail:
         """The per-source part of `render`, to compute once for all the frames one source drives."""
         block = self.block(generator)
         features = generator.synthesis(source_code, return_features=True, until=block).features[block].features
-        return SourceDetail(features, self.detail(source_image) - features)
+        return SourceDetail(features, self._detail(source_image) - features)
 
     def refine(self, source: SourceDetail, reenacted_features: torch.Tensor) -> torch.Tensor:
-        """Refined features [B, C, R, R]: the source's residual warped to each reenacted face and gated in."""
-        batch = len(reenacted_features)
-        residual = source.residual.expand(batch, -1, -1, -1)
-        motion = self.motion(torch.cat([source.features.expand(batch, -1, -1, -1), reenacted_features], 1))
+        """Refined features [B, C, R, R]: the source's residual warped to each reenacted face and gated in. The
+        transformer computes in its own dtype and hands back G's (they differ while a bf16 reenactor tunes an
+        fp32 copy of G)."""
+        batch, dtype = len(reenacted_features), self.flow.weight.dtype
+        features = reenacted_features.to(dtype)
+        residual = source.residual.to(dtype).expand(batch, -1, -1, -1)
+        motion = self.motion(torch.cat([source.features.to(dtype).expand(batch, -1, -1, -1), features], 1))
         flow = self.flow(motion).permute(0, 2, 3, 1)  # [B, R, R, 2], (x, y) as grid_sample reads them
-        identity = F.affine_grid(torch.eye(2, 3, device=flow.device, dtype=flow.dtype).expand(batch, 2, 3),
-                                 [batch, 1, self.resolution, self.resolution], align_corners=False)
-        warped = F.grid_sample(residual, identity + flow, mode="bilinear", padding_mode="border", align_corners=False)
-        return reenacted_features + self.gate(motion) * warped
+        grid = self.identity_grid.to(dtype) + flow
+        warped = F.grid_sample(residual, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return (features + self.gate(motion) * warped).to(reenacted_features.dtype)
 
     def render(self, generator: Generator, source_code: torch.Tensor, reenacted_codes: torch.Tensor,
                source_image: torch.Tensor, refine: nn.Module | None = None,

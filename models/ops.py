@@ -2,6 +2,17 @@
 
 These are the reference ("native") versions of the CUDA kernels of NVlabs' and rosinality's code: the same maths
 on any device, so CPU results are the ones the parity fixtures hold.
+
+The fast path of `models.stylegan2` (`Generator.use_fast_ops`) uses equivalent forms, the same sums in another
+order (so equal up to rounding), that leave no depthwise FIR convolution in G:
+- `fold_fir`: a transposed convolution followed by the FIR is one transposed convolution with the filter folded
+  into its weights (k x k -> k + f - 1; four times the multiply-adds of that convolution, on tensor cores);
+- `fir_taps`: a separable FIR as sums of shifted slices, one axis then the other (plain elementwise work that
+  torch.compile fuses with what follows into one pass over memory);
+- `upsample_transposed`: FIR up-sampling as a depthwise transposed convolution of stride 2 (polyphase: no zeros
+  are inserted, read or multiplied);
+- `modulated_epilogue`: demodulation, noise, bias, leaky ReLU and gain in one expression (one addcmul and in-place
+  passes in eager; one kernel under torch.compile).
 """
 
 from __future__ import annotations
@@ -53,6 +64,63 @@ def upfirdn2d(
     # stride keeps every down-th output, as slicing the full output would
     weight = torch.flip(kernel, [0, 1]).to(x.dtype).expand(channels, 1, *kernel.shape)
     return F.conv2d(x, weight, stride=(down_y, down_x), groups=channels)
+
+
+def fold_fir(weight: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Each [k, k] filter of `weight` [..., k, k] fully convolved with the FIR `kernel` [f, f]: [..., k+f-1, k+f-1].
+
+    A transposed convolution with the result equals the transposed convolution with `weight` followed by the FIR
+    (both are true convolutions of the zero-inserted input), with `transposed_padding` cropping what the FIR's
+    padding would."""
+    *lead, height, width = weight.shape
+    full = F.conv_transpose2d(weight.reshape(-1, 1, height, width), kernel[None, None].to(weight.dtype))
+    return full.view(*lead, *full.shape[-2:])
+
+
+def transposed_padding(kernel_size: int, pad: Sequence[int]) -> int | None:
+    """The padding of a transposed convolution that equals one followed by `upfirdn2d(kernel, pad=pad)` with a
+    `kernel_size` FIR (see `fold_fir`); None when the FIR's padding is not symmetric (no single padding fits)."""
+    before, after = pad
+    return kernel_size - 1 - before if before == after else None
+
+
+def fir_taps(x: torch.Tensor, taps: Sequence[float], pad: Sequence[int]) -> torch.Tensor:
+    """`upfirdn2d(x, outer(taps, taps), pad=pad)` (no resampling) as shifted slices times constants: the FIR of a
+    separable kernel whose 1-D factor is `taps`, along the width, then the height."""
+    before, after = pad
+    x = F.pad(x, [before, after, before, after])
+    count = len(taps)
+    height, width = x.shape[-2] - count + 1, x.shape[-1] - count + 1
+    flipped = list(taps)[::-1]  # a true convolution, as upfirdn2d
+    x = sum(weight * x[..., :, j:j + width] for j, weight in enumerate(flipped))
+    return sum(weight * x[..., j:j + height, :] for j, weight in enumerate(flipped))
+
+
+def upsample_transposed(x: torch.Tensor, kernel: torch.Tensor, pad: Sequence[int]) -> torch.Tensor:
+    """`upfirdn2d(x, kernel, up=2, pad=pad)` as a depthwise transposed convolution of stride 2, for pads
+    (p, p - 1) (StyleGAN2's `Upsample`: (2, 1)): the zero-inserted samples are never made."""
+    before, after = pad
+    if after != before - 1:
+        raise ValueError(f"upsample_transposed needs a padding (p, p - 1), got {tuple(pad)}")
+    channels = x.shape[1]
+    weight = kernel.to(x.dtype).expand(channels, 1, *kernel.shape)
+    return F.conv_transpose2d(x, weight, stride=2, padding=kernel.shape[0] - 1 - before, groups=channels)
+
+
+def modulated_epilogue(x: torch.Tensor, demodulation: torch.Tensor | None, noise: torch.Tensor | None,
+                       bias: torch.Tensor, negative_slope: float = 0.2, scale: float = math.sqrt(2)) -> torch.Tensor:
+    """leaky_relu(x * demodulation + noise + bias) * scale: the tail of a StyleGAN2 layer in one expression.
+
+    x [B, C, H, W] (a fresh tensor: it is overwritten), demodulation [B, C] or None, noise already weighted
+    [B or 1, 1, H, W] or None, bias [C]."""
+    if demodulation is not None:
+        x = torch.addcmul(noise if noise is not None else x.new_zeros(()), x, demodulation[:, :, None, None])
+    elif noise is not None:
+        x = x.add_(noise)
+    # the gain goes first (leaky_relu(y) * s = leaky_relu(y * s) for s > 0), so the activation, whose output its
+    # gradient reads, is the last in-place pass
+    x = x.add_(bias.view(1, -1, 1, 1)).mul_(scale)
+    return F.leaky_relu_(x, negative_slope)
 
 
 def fused_leaky_relu(

@@ -8,6 +8,14 @@ noise injection, the skip-connection generator and the residual discriminator.
 Two additions over rosinality's generator, both for feature-space editing: `Generator.synthesis` can return the
 feature map and skip image of every block, and can resume from given ones (see `Generator` for the indexing).
 The official code's default `randomize_noise=False` is kept: the stored noise maps make outputs deterministic.
+
+`Generator.use_fast_ops()` switches G to equivalent forms of the same maths for fast inference (the reference
+path, the parity-tested one, stays the default): the FIR blur of each up-sampling convolution as its own pass
+(`fir="separate"`), folded into one transposed convolution (`"folded"`: no FIR pass, four times that
+convolution's multiply-adds) or as shifted slices that torch.compile fuses (`"taps"`), the skip image's FIR
+up-sampling as a strided depthwise transposed convolution, and demodulation, noise, bias and activation as one
+epilogue (`models.ops`). G runs in whatever dtype its weights have (`models.precision`): its
+input codes and noise maps are cast to it.
 """
 
 from __future__ import annotations
@@ -21,7 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.ops import FusedLeakyReLU, fused_leaky_relu, make_kernel, upfirdn2d
+from models.ops import (FusedLeakyReLU, fir_taps, fold_fir, fused_leaky_relu, make_kernel, modulated_epilogue,
+                        transposed_padding, upfirdn2d, upsample_transposed)
+
+FIR_FORMS = ("separate", "folded", "taps")  # the fast path's forms of the up-sampling convolutions' blur
 
 BLUR_KERNEL = (1, 3, 3, 1)
 
@@ -60,8 +71,11 @@ class Upsample(nn.Module):
         self.register_buffer("kernel", make_kernel(kernel) * factor ** 2)
         p = self.kernel.shape[0] - factor
         self.pad = ((p + 1) // 2 + factor - 1, p // 2)
+        self.fast = False  # `Generator.use_fast_ops`: a strided transposed convolution, no zero insertion
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast and self.factor == 2 and self.pad[1] == self.pad[0] - 1:
+            return upsample_transposed(x, self.kernel, self.pad)
         return upfirdn2d(x, self.kernel, up=self.factor, down=1, pad=self.pad)
 
 
@@ -72,6 +86,9 @@ class Blur(nn.Module):
         super().__init__()
         self.register_buffer("kernel", make_kernel(kernel) * upsample_factor ** 2)
         self.pad = pad
+        # the 1-D factor of a separable kernel (its outer product is `kernel`), as constants for `fir_taps`
+        one_d = all(isinstance(v, (int, float)) for v in kernel)
+        self.taps = tuple(float(v) * upsample_factor / sum(kernel) for v in kernel) if one_d else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return upfirdn2d(x, self.kernel, pad=self.pad)
@@ -154,12 +171,36 @@ class ModulatedConv2d(nn.Module):
         self.weight = nn.Parameter(torch.randn(1, out_channel, in_channel, kernel_size, kernel_size))
         self.modulation = EqualLinear(style_dim, in_channel, bias_init=1)  # styles start as the identity scale
         self.demodulate = demodulate
+        # `Generator.use_fast_ops`: the up-sampling blur as its own pass, folded into the transposed convolution
+        # (when it fits), or as shifted slices
+        self.fast = False
+        self.fir = "separate"
+        self.folded_padding = transposed_padding(len(blur_kernel), self.blur.pad) if upsample else None
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        out, demodulation = self.undemodulated(x, style)
+        return out if demodulation is None else out * demodulation[:, :, None, None]
+
+    def undemodulated(self, x: torch.Tensor, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The convolution and, when it is still to be applied, its demodulation [B, out] (None: done, or none)."""
         style = self.modulation(style)  # [B, in_channel]
         if len(x) == 1:
-            return self._grouped(x, style)
+            return self._grouped(x, style), None
         return self._shared(x, style)
+
+    def _folded(self) -> bool:
+        return self.fast and self.fir == "folded" and self.upsample and self.folded_padding is not None
+
+    def _upsampled(self, x: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
+        """Transposed convolution of stride 2 with `weight` [in, out, k, k] and the FIR blur: two passes, one
+        with the blur folded into the weights, or the blur as shifted slices."""
+        if self._folded():
+            return F.conv_transpose2d(x, fold_fir(weight, self.blur.kernel), stride=2, padding=self.folded_padding,
+                                      groups=groups)
+        out = F.conv_transpose2d(x, weight, stride=2, groups=groups)
+        if self.fast and self.fir == "taps" and self.blur.taps is not None:
+            return fir_taps(out, self.blur.taps, self.blur.pad)
+        return self.blur(out)
 
     def _grouped(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         """The official computation: each sample's modulated weights, all samples in one grouped convolution."""
@@ -171,6 +212,9 @@ class ModulatedConv2d(nn.Module):
         k = self.kernel_size
         if self.upsample:
             weight = weight.transpose(1, 2).reshape(batch * in_channel, self.out_channel, k, k)
+            if self.fast:  # the blur works per channel: on [1, B * out] as on [B, out]
+                out = self._upsampled(x.reshape(1, batch * in_channel, height, width), weight, groups=batch)
+                return out.view(batch, self.out_channel, *out.shape[2:])
             out = F.conv_transpose2d(x.reshape(1, batch * in_channel, height, width), weight, stride=2, groups=batch)
             return self.blur(out.view(batch, self.out_channel, *out.shape[2:]))
         weight = weight.view(batch * self.out_channel, in_channel, k, k)
@@ -181,22 +225,23 @@ class ModulatedConv2d(nn.Module):
             out = F.conv2d(x.reshape(1, batch * in_channel, height, width), weight, padding=self.padding, groups=batch)
         return out.view(batch, self.out_channel, *out.shape[2:])
 
-    def _shared(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    def _shared(self, x: torch.Tensor, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The same result with one shared weight: modulate the input's channels, convolve, then demodulate the
         output's (sum over i, k of (scale w[o,i,k] s[b,i])^2 = scale^2 sum_i s[b,i]^2 sum_k w[o,i,k]^2). A batch
-        then runs as one ordinary convolution, far faster than a grouped one with per-sample weights."""
+        then runs as one ordinary convolution, far faster than a grouped one with per-sample weights. Returns the
+        convolution and the demodulation [B, out] to scale it by (None without demodulation)."""
         weight = self.weight[0]  # [out, in, k, k]
         x = x * (self.scale * style)[:, :, None, None]
         if self.upsample:
-            out = self.blur(F.conv_transpose2d(x, weight.transpose(0, 1), stride=2))
+            out = self._upsampled(x, weight.transpose(0, 1))
         elif self.downsample:
             out = F.conv2d(self.blur(x), weight, stride=2)
         else:
             out = F.conv2d(x, weight, padding=self.padding)
-        if self.demodulate:
-            energy = (self.scale * style).pow(2) @ weight.pow(2).sum([2, 3]).t()  # [B, out]
-            out = out * torch.rsqrt(energy + 1e-8)[:, :, None, None]
-        return out
+        if not self.demodulate:
+            return out, None
+        energy = (self.scale * style).pow(2) @ weight.pow(2).sum([2, 3]).t()  # [B, out]
+        return out, torch.rsqrt(energy + 1e-8)
 
 
 class NoiseInjection(nn.Module):
@@ -207,10 +252,14 @@ class NoiseInjection(nn.Module):
         self.weight = nn.Parameter(torch.zeros(1))
 
     def forward(self, image: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        return image + self.weighted(image, noise)
+
+    def weighted(self, image: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """The term added to `image`: the strength times the noise map (fresh noise when none is given)."""
         if noise is None:
             batch, _, height, width = image.shape
             noise = image.new_empty(batch, 1, height, width).normal_()
-        return image + self.weight * noise
+        return self.weight * noise.to(image.dtype)
 
 
 class ConstantInput(nn.Module):
@@ -237,6 +286,10 @@ class StyledConv(nn.Module):
         self.activate = FusedLeakyReLU(out_channel)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        if self.conv.fast:  # demodulation, noise, bias and activation in one epilogue
+            out, demodulation = self.conv.undemodulated(x, style)
+            return modulated_epilogue(out, demodulation, self.noise.weighted(out, noise), self.activate.bias,
+                                      self.activate.negative_slope, self.activate.scale)
         return self.activate(self.noise(self.conv(x, style), noise=noise))
 
 
@@ -324,6 +377,22 @@ class Generator(nn.Module):
             self.convs.append(StyledConv(out_channel, out_channel, 3, style_dim, blur_kernel=blur_kernel))
             self.to_rgbs.append(ToRGB(out_channel, style_dim))
             in_channel = out_channel
+        self.memory_format = torch.contiguous_format  # of the feature maps; see use_fast_ops
+
+    def use_fast_ops(self, enabled: bool = True, channels_last: bool = False, fir: str = "separate") -> Generator:
+        """The equivalent fast forms of the synthesis network's ops (module docstring), or the reference ones again;
+        `fir`: the up-sampling blur as its own pass ("separate"), folded into the convolution ("folded") or as
+        shifted slices ("taps", for torch.compile); `channels_last`: feature maps in NHWC memory order (what tensor
+        cores want). Results equal the reference path's up to rounding; returns G."""
+        if fir not in FIR_FORMS:
+            raise ValueError(f"fir must be one of {', '.join(FIR_FORMS)}, got {fir!r}")
+        for module in self.modules():
+            if isinstance(module, (ModulatedConv2d, Upsample)):
+                module.fast = enabled
+            if isinstance(module, ModulatedConv2d):
+                module.fir = fir
+        self.memory_format = torch.channels_last if enabled and channels_last else torch.contiguous_format
+        return self
 
     # --- latents ---
 
@@ -377,7 +446,8 @@ class Generator(nn.Module):
     def _block(self, k: int, previous: BlockOutput | None, wplus: torch.Tensor,
                noise: Sequence[torch.Tensor | None]) -> BlockOutput:
         if k == 0:
-            out = self.conv1(self.input(wplus), wplus[:, 0], noise=noise[0])
+            out = self.conv1(self.input(wplus).contiguous(memory_format=self.memory_format), wplus[:, 0],
+                             noise=noise[0])
             return BlockOutput(out, self.to_rgb1(out, wplus[:, 1]))
         i = 2 * k - 1  # first W+ layer and noise map of this block
         out = self.convs[i - 1](previous.features, wplus[:, i], noise=noise[i])
@@ -394,7 +464,9 @@ class Generator(nn.Module):
         `randomize_noise`. return_features: keep every block's `BlockOutput` (see the class docstring).
         start_from: (k, features, skip) = the output of block k to continue from; blocks 0..k are not run.
         until: the last block to run (default: all); the image is then block `until`'s RGB skip.
+        Codes are cast to G's dtype (bf16 / fp16 weights: `models.precision`).
         """
+        wplus = wplus.to(self.input.input.dtype)
         noise = self._noise_maps(noise, randomize_noise)
         first, previous = 0, None
         if start_from is not None:
@@ -447,6 +519,20 @@ class ConvLayer(nn.Sequential):
         if activate:
             layers.append(FusedLeakyReLU(out_channel) if bias else ScaledLeakyReLU(0.2))
         super().__init__(*layers)
+        self.fast = False  # `Discriminator.use_fast_ops`: the blur folded into the strided convolution
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.fast and isinstance(self[0], Blur)):
+            return super().forward(x)
+        blur, conv, *rest = self
+        # the FIR (a true convolution with f) then the strided correlation with w are one strided correlation with
+        # flip(f) fully convolved with w (`fold_fir`), on the input padded as the FIR pads it
+        before, after = blur.pad
+        weight = fold_fir(conv.weight * conv.scale, torch.flip(blur.kernel, [0, 1]))
+        out = F.conv2d(F.pad(x, [before, after, before, after]), weight, bias=conv.bias, stride=conv.stride)
+        for layer in rest:
+            out = layer(out)
+        return out
 
 
 class ResBlock(nn.Module):
@@ -490,6 +576,15 @@ class Discriminator(nn.Module):
             EqualLinear(channels[4] * 4 * 4, channels[4], activation="fused_lrelu"),
             EqualLinear(channels[4], 1),
         )
+
+    def use_fast_ops(self, enabled: bool = True) -> Discriminator:
+        """Each down-sampling layer's FIR blur folded into its strided convolution (one convolution with a
+        (k + 3)-wide kernel instead of a depthwise FIR pass and a k-wide one), or the reference ops again; the
+        same maths up to rounding. Returns D."""
+        for module in self.modules():
+            if isinstance(module, ConvLayer):
+                module.fast = enabled
+        return self
 
     def minibatch_stddev(self, out: torch.Tensor) -> torch.Tensor:
         """Append one channel: the mean standard deviation of the features over each group of images."""

@@ -47,7 +47,7 @@ from models.detect.base import search_scales
 from models.detect.track import FaceTracker
 from models.directions import NUM_PARAMS, SHIFT_SCALE, ParamRanges
 from models.images import FRAME_SIZE, resize_to, to_pixels, to_signed
-from models.reenact import Reenactor
+from models.reenact import Reenactor, RenderPath
 from models.stylegan2 import Generator
 from models.temporal import false_runs, gaussian_smooth, last_true
 from storage.inputs import ClipSource, clip_key_for
@@ -143,6 +143,8 @@ class ReenactNetworks:
         transformer = self._transformer(registry, generator, weights.generator)
         self.reenactor = Reenactor(generator, directions, ranges, float(entries.get("shift_scale", SHIFT_SCALE)),
                                    truncation, transformer=transformer).eval()
+        # bf16 / fp16 on a GPU: G and the transformer cast to that dtype, with G's fast ops (CPU: fp32 as it is)
+        self.reenactor.use_render_path(RenderPath.for_device(config.precision, self.device))
         self.weights_sha256 = {name: registry.sha256(name)
                                for name in (weights.generator, weights.encoder, weights.directions)}
         if self.feature_transformer:

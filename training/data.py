@@ -110,7 +110,15 @@ def resize_pixels(pixels: torch.Tensor, resolution: int) -> torch.Tensor:
 
 def to_model_range(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 [B, 3, R, R] -> float32 in [-1, 1] on `device` (converted there)."""
-    return batch.to(device, non_blocking=True).float() / 127.5 - 1
+    return to_device(batch, device).float() / 127.5 - 1
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on `device` without waiting for it: on a GPU the copy goes through pinned memory, so it is
+    queued behind the device's work (a copy from pageable memory first waits for the device to finish)."""
+    if device.type == "cuda" and not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 class ChunkShuffleSampler(Sampler[int]):

@@ -59,6 +59,7 @@ carry `shift_scale` and the `ranges` table in their entries, which `tasks.reenac
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections.abc import Sequence
@@ -73,8 +74,7 @@ from pydantic import Field, model_validator
 
 from models import MissingWeightsError
 from models.deca import INPUT_SIZE as DECA_INPUT_SIZE, DecaCode, ResnetEncoder, deca_input
-from models.detect.align import CROP_PER_EXTENT as ALIGNED_CROP_PER_EXTENT, SHIFT_UP as ALIGNED_SHIFT_UP
-from models.directions import (NUM_EXPRESSIONS, NUM_PARAMS, SHIFT_SCALE, DirectionMatrix, FaceParams, ParamRanges,
+from models.directions import (NUM_EXPRESSIONS, NUM_PARAMS, SHIFT_SCALE, DirectionMatrix, ParamRanges,
                                to_checkpoint, RANGES_PATH, shift_wplus)
 from models.e4e import Encoder4Editing
 from models.images import resize_to
@@ -82,17 +82,16 @@ from models.face3d.deca_backend import crop_to_image, face_params
 from models.face3d.regressor import CROP_PER_EXTENT, Face3DRegressor, regressor_input
 from models.flame import FLAME, N_EXPRESSION, N_SHAPE, FlameOutput, axis_angle_to_matrix, orthographic_projection
 from models.reenact import Reenactor
-from models.stylegan2 import Generator
+from models.synth.camera import CAMERA, HEAD_POSITION
 from models.synth.head import EXPRESSION_BASIS, JAW_BASIS, LANDMARKS_3D
-from models.synth.render import CAMERA, HEAD_POSITION
 from storage import networks
 from storage.store import ClipKey, ClipStore
 from storage.weights import WeightsRegistry
 from training.common.checkpoints import Export, load_into, read_weights
 from training.common.config import TrainingConfig, command_line, load_config
 from training.common.distributed import Distributed, wrap
-from training.common.loop import Amp, Stage, TrainingSummary, optimise, requires_grad, train
-from training.data import StoreCrops, to_model_range
+from training.common.loop import Amp, Stage, TrainingSummary, adam, optimise, requires_grad, train
+from training.data import StoreCrops, to_device, to_model_range
 from training.encoder import frozen_generator, identity_distance, perceptual_distance
 
 PHASES = ("synthetic", "real", "paired")
@@ -219,6 +218,8 @@ class SynthNet3D:
         self.base = torch.as_tensor(LANDMARKS_3D, device=device)
         self.jaw_basis = torch.as_tensor(JAW_BASIS, device=device)
         self.expression_basis = torch.as_tensor(EXPRESSION_BASIS, device=device)
+
+        self.camera = CAMERA
         self.head_position = torch.as_tensor(HEAD_POSITION, dtype=torch.float32, device=device)
         self.frontal_box = self.boxes(self.landmarks(torch.zeros(1, NUM_PARAMS, device=device)))
 
@@ -227,9 +228,9 @@ class SynthNet3D:
         points = (self.base + params[:, 3, None, None] * self.jaw_basis
                   + torch.einsum("be,enc->bnc", params[:, 4:], self.expression_basis))
         camera = points @ _rotation(params).transpose(1, 2) + self.head_position
-        depth = CAMERA.distance - camera[..., 2]
-        u = CAMERA.centre + CAMERA.focal * camera[..., 0] / depth
-        v = CAMERA.centre - CAMERA.focal * camera[..., 1] / depth
+        depth = self.camera.distance - camera[..., 2]
+        u = self.camera.centre + self.camera.focal * camera[..., 0] / depth
+        v = self.camera.centre - self.camera.focal * camera[..., 1] / depth
         return torch.stack([u, v], -1)
 
     @staticmethod
@@ -257,6 +258,8 @@ class SynthNet3D:
 def aligned_face_box(count: int, size: int, device: torch.device) -> torch.Tensor:
     """[count, 2, 2] corners standing in for the 68 landmarks of the face in an aligned crop of side `size`
     (`models.detect.align`: the crop is twice the landmarks' larger extent, centred a sixth of it above their box)."""
+    from models.detect.align import CROP_PER_EXTENT as ALIGNED_CROP_PER_EXTENT, SHIFT_UP as ALIGNED_SHIFT_UP  # OpenCV
+
     extent = size / ALIGNED_CROP_PER_EXTENT
     centre = torch.tensor([size / 2, size / 2 + extent * ALIGNED_SHIFT_UP], device=device)
     corners = torch.stack([centre - extent / 2, centre + extent / 2])
@@ -355,8 +358,15 @@ def build_net3d(config: DirectionsTrainingConfig, device: torch.device) -> Net3D
 
 def pair_distances(landmarks: torch.Tensor, pairs: Sequence[tuple[int, int]], unit: float) -> torch.Tensor:
     """[B, P] distances of landmark pairs, in `unit`s of the landmarks' frame (the Net3D's `landmark_unit`)."""
-    first, second = (torch.as_tensor(index, device=landmarks.device) for index in zip(*pairs))
+    first, second = _pair_indices(tuple(pairs), landmarks.device)
     return (landmarks[:, first] - landmarks[:, second]).norm(dim=-1) / unit
+
+
+@functools.cache
+def _pair_indices(pairs: tuple[tuple[int, int], ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pairs' first and second landmark indices on `device`, made once (not copied to it every step)."""
+    first, second = zip(*pairs)
+    return torch.tensor(first, device=device), torch.tensor(second, device=device)
 
 
 def pair_distance_error(landmarks: torch.Tensor, truth: torch.Tensor, pairs: Sequence[tuple[int, int]],
@@ -439,11 +449,11 @@ class StoreFrames:
         """Crops in [-1, 1], stored parameters [B, columns] and (optionally) stored W+ of frames."""
         clip_frame = self.dataset.items[items]
         crops = to_model_range(torch.stack(self.dataset.__getitems__([int(i) for i in items])), device)
-        params = torch.as_tensor(np.stack([self.params[int(c)][int(f)] for c, f in clip_frame]), device=device)
+        params = to_device(torch.from_numpy(np.stack([self.params[int(c)][int(f)] for c, f in clip_frame])), device)
         out = {"crops": crops, "params": params}
         if wplus:
             codes = np.stack([np.asarray(self.wplus[int(c)][int(f)], np.float32) for c, f in clip_frame])
-            out["wplus"] = torch.as_tensor(codes, device=device)
+            out["wplus"] = to_device(torch.from_numpy(codes), device)
         return out
 
 
@@ -485,7 +495,7 @@ class DirectionsStage(Stage):
                           "num_layers": config.num_layers_shift, "bias": True}
         self.A = DirectionMatrix(**self.arguments).to(self.device)
         self.A_train = wrap(self.A, group)
-        self.A_optim = torch.optim.Adam(self.A.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.A_optim = adam(self.A.parameters(), self.device, lr=config.lr, weight_decay=config.weight_decay)
         self.amp = Amp(config.precision, self.device)
         self.scaler = self.amp.scaler()
         self.ranges = self._ranges()
@@ -584,11 +594,11 @@ class DirectionsStage(Stage):
     def _read_params(self, images: torch.Tensor) -> torch.Tensor:
         return split_reading(self.net3d.read(images))[0]
 
-    def _to_shift(self, params: torch.Tensor) -> torch.Tensor:
-        return self.ranges.to_shift_space(FaceParams.from_vector(params), self.config.shift_scale)
+    def _to_shift(self, params: torch.Tensor) -> torch.Tensor:  # the Reenactor's map: device tensors, no copy
+        return self.reenactor.shift_map.to_shift(params)
 
     def _from_shift(self, coords: torch.Tensor) -> torch.Tensor:
-        return self.ranges.from_shift_space(coords, self.config.shift_scale).to_vector()
+        return self.reenactor.shift_map.from_shift(coords)
 
     @torch.no_grad()
     def _pairs(self, phase: Phase) -> Pairs:
@@ -658,7 +668,7 @@ class DirectionsStage(Stage):
         total, terms = self.losses(self._pairs(phase), self.A_train)
         optimise(total, self.A_optim, self.scaler, self.A)
         return {"loss": total.detach(), **{name: value.detach() for name, value in terms.items()},
-                "phase": torch.tensor(float(PHASES.index(phase)), device=self.device)}
+                "phase": torch.full((), float(PHASES.index(phase)), device=self.device)}
 
     @torch.no_grad()
     def validation_error(self) -> float:

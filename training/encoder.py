@@ -42,7 +42,7 @@ from storage.weights import WEIGHT_FILES, WeightsRegistry
 from training.common.checkpoints import Export, load_into, read_checkpoint, read_weights, save_export
 from training.common.config import DTYPES, TrainingConfig, command_line, load_config
 from training.common.distributed import Distributed, wrap
-from training.common.loop import Amp, Stage, TrainingSummary, maybe_compile, optimise, requires_grad, train
+from training.common.loop import Amp, Stage, TrainingSummary, adam, maybe_compile, optimise, requires_grad, train
 from training.data import StoreCrops, to_model_range
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # two image batches in [-1, 1] -> [B]
@@ -161,7 +161,7 @@ class EncoderStage(Stage):
         self.e_train = wrap(self.e, group, find_unused_parameters=config.progressive_every > 0)
         self.e_forward = maybe_compile(self.e_train, config.compile, self.device)
         self.g_forward = maybe_compile(self.generator, config.compile, self.device)
-        self.e_optim = torch.optim.Adam(self.e.parameters(), lr=config.lr)
+        self.e_optim = adam(self.e.parameters(), self.device, lr=config.lr)
         self.decoder = config.decoder_lr is not None
         if self.decoder:  # the synthesis layers learn; the mapping network (z -> w) is not used by an inversion
             self.generator_arguments = read_weights(config.generator, "g_ema", config.weights_dir).config \
@@ -169,7 +169,7 @@ class EncoderStage(Stage):
             synthesis = [p for name, p in self.generator.named_parameters() if not name.startswith("style.")]
             requires_grad(self.generator, True)
             requires_grad(self.generator.style, False)
-            self.g_optim = torch.optim.Adam(synthesis, lr=config.decoder_lr)
+            self.g_optim = adam(synthesis, self.device, lr=config.decoder_lr)
         self.amp = Amp(config.precision, self.device)
         self.e_scaler = self.amp.scaler()
         self.perceptual = perceptual_distance(config, self.device)

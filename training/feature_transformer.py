@@ -23,7 +23,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from pydantic import Field
 
@@ -35,7 +34,7 @@ from storage.weights import WeightsRegistry
 from training.common.checkpoints import Export
 from training.common.config import TrainingConfig, command_line, load_config
 from training.common.distributed import Distributed, wrap
-from training.common.loop import Amp, Stage, TrainingSummary, optimise, requires_grad, train
+from training.common.loop import Amp, Stage, TrainingSummary, adam, optimise, requires_grad, train
 from training.data import StoreCrops
 from training.directions import StoreFrames, store_crop_size
 from training.encoder import frozen_generator, perceptual_distance
@@ -88,7 +87,7 @@ class FeatureTransformerStage(Stage):
         self.reenactor = Reenactor(generator, directions, ranges, float(entries.get("shift_scale", SHIFT_SCALE)),
                                    config.truncation, config.mean_latent_samples, transformer=self.transformer)
         self.transformer_train = wrap(self.transformer, group)
-        self.optimiser = torch.optim.Adam(self.transformer.parameters(), lr=config.lr)
+        self.optimiser = adam(self.transformer.parameters(), self.device, lr=config.lr)
         self.amp = Amp(config.precision, self.device)
         self.scaler = self.amp.scaler()
         self.frames = StoreFrames(dataset, config.face3d, need_inversion=True)

@@ -45,7 +45,7 @@ from models.stylegan2 import Discriminator, Generator
 from training.common.checkpoints import Export, load_into, read_weights
 from training.common.config import TrainingConfig, command_line, load_config
 from training.common.distributed import Distributed, wrap
-from training.common.loop import (Amp, Stage, TrainingSummary, ema_update, maybe_compile, optimise, requires_grad,
+from training.common.loop import (Amp, Stage, TrainingSummary, adam, ema_update, maybe_compile, optimise, requires_grad,
                                   train)
 from training.data import StoreCrops
 
@@ -78,6 +78,7 @@ class GeneratorTrainingConfig(TrainingConfig):
     ada_kimg: float = Field(500.0, gt=0, description="Thousands of images for p to move by 1 (ADA's speed).")
     ada_every: int = Field(4, ge=1, description="Steps between updates of p.")
     sample_count: int = Field(16, ge=1, description="Images in the logged grid of G's moving average (fixed z).")
+    fast_ops: Literal["off", "folded"] = Field("off", description="G's and D's equivalent fast ops (models.stylegan2 use_fast_ops): the FIR blur folded into the up- and down-sampling convolutions, one epilogue per layer of G; the same maths rounded differently, for bf16/fp16 on a GPU where a depthwise FIR pass is slow. off: the reference ops.")
 
     def generator_config(self) -> dict[str, Any]:
         """Constructor arguments of `models.stylegan2.Generator` (what the exported safetensors records)."""
@@ -174,7 +175,8 @@ class AdaptiveP:
         if self.mode != "ada":
             return
         self.signs = self.signs.to(real_pred.device) + torch.stack(
-            [torch.sign(real_pred.detach().float()).sum(), real_pred.new_tensor(real_pred.numel(), dtype=torch.float)])
+            [torch.sign(real_pred.detach().float()).sum(), torch.full((), real_pred.numel(), dtype=torch.float,
+                                                                     device=real_pred.device)])
         if (step + 1) % self.every == 0:
             total = group.mean(self.signs)
             self.r_t = float(total[0] / total[1])
@@ -194,6 +196,9 @@ class GeneratorStage(Stage):
         self.images_per_step = config.batch_size * group.world_size
         self.g = Generator(**config.generator_config()).to(self.device)
         self.d = Discriminator(**config.discriminator_config()).to(self.device)
+        if config.fast_ops != "off":
+            self.g.use_fast_ops(fir=config.fast_ops)
+            self.d.use_fast_ops()
         self.g_ema = copy.deepcopy(self.g).eval()
         if config.init:
             self._initialise(config.init)
@@ -204,8 +209,8 @@ class GeneratorStage(Stage):
         self.d_reg_train = wrap(self.d, group, broadcast_buffers=False)
         self.g_train = maybe_compile(self.g_reg_train, config.compile, self.device)
         self.d_train = maybe_compile(self.d_reg_train, config.compile, self.device)
-        self.g_optim = lazy_adam(self.g.parameters(), config.lr, config.g_reg_every)
-        self.d_optim = lazy_adam(self.d.parameters(), config.lr, config.d_reg_every)
+        self.g_optim = lazy_adam(self.g.parameters(), config.lr, config.g_reg_every, self.device)
+        self.d_optim = lazy_adam(self.d.parameters(), config.lr, config.d_reg_every, self.device)
         self.amp = Amp(config.precision, self.device)
         self.g_scaler, self.d_scaler = self.amp.scaler(), self.amp.scaler()
         self.ada = AdaptiveP(config, self.images_per_step)
@@ -329,11 +334,11 @@ class GeneratorStage(Stage):
                 "path/mean_length": float(self.mean_path_length)}
 
 
-def lazy_adam(parameters, lr: float, reg_every: int) -> torch.optim.Adam:
+def lazy_adam(parameters, lr: float, reg_every: int, device: torch.device) -> torch.optim.Adam:
     """Adam with StyleGAN2's corrections for a regulariser run every `reg_every` steps: lr and betas scaled by
     reg_every / (reg_every + 1), so the extra steps do not change the effective schedule."""
     ratio = reg_every / (reg_every + 1)
-    return torch.optim.Adam(parameters, lr=lr * ratio, betas=(0 ** ratio, 0.99 ** ratio))
+    return adam(parameters, device, lr=lr * ratio, betas=(0 ** ratio, 0.99 ** ratio))
 
 
 def train_generator(config: GeneratorTrainingConfig, stop_after: int | None = None) -> TrainingSummary:

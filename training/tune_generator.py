@@ -11,7 +11,9 @@ and only the convolutions from 32 px up (`convs[4:]`, with l2_weight 100; all of
 reenactment renders for the source itself (the official code truncates it towards G's mean w first); x is the
 source crop at G's resolution. The shifted codes w_source + A(Δp) are then rendered by the tuned copy, so the
 detail it learned moves with the pose. PTI's locality regulariser is off in the official call, and so here.
-G itself is not changed.
+G itself is not changed. The copy is tuned in fp32 whatever G's dtype (Adam on bf16 weights would lose most
+updates) and handed back in G's dtype; the steps run without waiting for the device (losses are read once, at
+the end).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
+from models.precision import network_dtype
 from models.stylegan2 import Generator
 from training.common.loop import requires_grad
 
@@ -69,7 +72,8 @@ def tune_generator(generator: Generator, code: torch.Tensor, target: torch.Tenso
         raise ValueError("generator tuning with lpips_weight > 0 needs the LPIPS distance")
     if target.shape[-1] != generator.size:
         raise ValueError(f"the tuning target must be at G's resolution {generator.size}, got {tuple(target.shape)}")
-    tuned = copy.deepcopy(generator)
+    dtype = network_dtype(generator)
+    tuned = copy.deepcopy(generator).float()
     requires_grad(tuned, False)
     parameters = tuned_parameters(tuned, config.layers)
     for parameter in parameters:
@@ -95,11 +99,15 @@ def tune_generator(generator: Generator, code: torch.Tensor, target: torch.Tenso
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        last = {name: float(value.detach()) for name, value in losses.items()}
+        last = {name: value.detach() for name, value in losses.items()}
         first = first or last
     with torch.no_grad():
         after = {name: float(value) for name, value in terms().items()}
     requires_grad(tuned, False)
     report = {"steps": config.steps, "layers": config.layers, "seconds": time.perf_counter() - started,
-              "before": first, "after": after, "last_step": last}
-    return tuned.eval(), report
+              "before": _floats(first), "after": after, "last_step": _floats(last)}
+    return tuned.to(dtype).eval(), report
+
+
+def _floats(losses: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {name: float(value) for name, value in losses.items()}

@@ -42,7 +42,7 @@ from models.face3d.base import Face3DEstimate
 from models.face3d.landmark_source import LandmarkSource, fill_missing
 from models.flame import axis_angle_to_matrix, euler_from_axis_angle
 from models.synth.head import (EXPRESSION_BASIS, JAW_BASIS, LANDMARKS_3D, SHAPE_NAMES, HeadIdentity, head_geometry)
-from models.synth.render import CAMERA
+from models.synth.camera import CAMERA
 
 SHAPE_SIZE = len(SHAPE_NAMES)
 NUM_UNKNOWNS = 3 + 3 + SHAPE_SIZE + 1 + NUM_EXPRESSIONS  # rotation, translation, shape, jaw, expressions

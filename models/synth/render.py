@@ -14,7 +14,6 @@ landmarks, so eyes, brows, nostrils, lips, mouth and the jaw line are drawn exac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 
 import cv2
@@ -22,25 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.synth.camera import CAMERA, HEAD_POSITION, Camera
 from models.synth.head import (HeadGeometry, HeadIdentity, Ellipsoid, LEFT_BROW, LEFT_EYE, LOWER_LIP, NOSTRILS,
                                RIGHT_BROW, RIGHT_EYE, UPPER_LIP, head_geometry, landmarks_3d, rotation_matrix)
 
 
-@dataclass(frozen=True)
-class Camera:
-    focal: float  # pixels
-    distance: float  # metres from the camera to the origin of camera space
-    size: int  # square image side in pixels
-
-    @property
-    def centre(self) -> float:
-        return (self.size - 1) / 2
-
-
-# Chosen so that the official crop (models.detect.align.crop_box) of a frontal face's true landmarks covers about
-# the whole frame, centred: preprocessing's crops are then close to the renders themselves.
-CAMERA = Camera(focal=850.0, distance=1.0, size=256)
-HEAD_POSITION = np.array([0.0, 0.019, 0.0])  # the head's origin in camera space, metres
 # an upright neck that does not turn with the head: a vertical elliptic cylinder in camera space (an infinite y
 # semi-axis), cut off at NECK_TOP so that it ends inside the head
 NECK_SOLID = Ellipsoid(np.array([0.0, 0.0, -0.02]), np.array([0.056, np.inf, 0.052]))

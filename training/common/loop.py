@@ -8,6 +8,10 @@ checkpoints in the stage's official layout plus safetensors, export the final ne
 
 A run stopped after a checkpoint and resumed ends with the same weights as one that never stopped: everything
 random is drawn from the checkpointed generators or from the (seed, epoch)-determined data order.
+
+On a GPU a step never waits for the device: losses stay device tensors until a log window closes, batches come
+from pinned memory without blocking, the moving average and Adam update all tensors of a network in one fused
+call, and the log shows images/s and the share of time spent waiting for data (`Monitor`).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class TrainingSummary(BaseModel):
     weights: str  # its safetensors
     export: str  # <out>/<stage>.safetensors in export_dtype
     replicas_in_sync: bool | None = None  # every rank ended with the same weights (None: one process)
+    last_window: dict[str, float] = {}  # speed of the last log window: steps_per_s, images_per_s, data_wait
 
     def lines(self) -> list[str]:
         """What a command line prints at the end."""
@@ -97,9 +102,15 @@ def requires_grad(module: nn.Module, flag: bool) -> None:
 
 @torch.no_grad()
 def ema_update(average: nn.Module, model: nn.Module, decay: float) -> None:
-    """average <- decay * average + (1 - decay) * model, parameter by parameter (buffers are not averaged)."""
-    for mean, value in zip(average.parameters(), model.parameters()):
-        mean.lerp_(value, 1 - decay)
+    """average <- decay * average + (1 - decay) * model, every parameter in one fused call (the same lerp per
+    element as a loop over the parameters; buffers are not averaged)."""
+    torch._foreach_lerp_(list(average.parameters()), list(model.parameters()), 1 - decay)
+
+
+def adam(parameters, device: torch.device, **options) -> torch.optim.Adam:
+    """Adam with its fused kernel on CUDA (one launch for all tensors) and its default implementation elsewhere
+    (so CPU runs are the same as ever)."""
+    return torch.optim.Adam(parameters, fused=device.type == "cuda" or None, **options)
 
 
 def maybe_compile(module: nn.Module, enabled: bool, device: torch.device) -> nn.Module:
@@ -158,18 +169,20 @@ class Stage(ABC):
 
 
 def train(build: Callable[[TrainingConfig, Distributed, StoreCrops], Stage], config: TrainingConfig,
-          resolution: Callable[[TrainingConfig], int], stop_after: int | None = None) -> TrainingSummary:
+          resolution: Callable[[TrainingConfig], int], stop_after: int | None = None,
+          save: bool = True) -> TrainingSummary:
     """Run `config` to `config.steps` (or `stop_after` more steps: a planned interruption, checkpointed).
 
     `build(config, group, dataset)` makes the stage with fresh or initial weights; `resolution(config)` is the size
-    the data is read at.
+    the data is read at. `save=False` writes no checkpoint, export or image grid, only the loss and speed logs and
+    the summary (a throughput measurement: benchmarks/gpu.py).
     """
     group = init_distributed(config.device_for)
     threads = torch.get_num_threads()
     try:
         if config.threads:
             torch.set_num_threads(config.threads)
-        return _train(build, config, resolution(config), group, stop_after)
+        return _train(build, config, resolution(config), group, stop_after, save)
     finally:
         torch.set_num_threads(threads)  # a run inside a longer process (a flow, the tests) leaves it as it was
         close_distributed(group)
@@ -190,7 +203,7 @@ def run_stage(module: str, train_stage: Callable[[TrainingConfig], TrainingSumma
 
 
 def _train(build, config: TrainingConfig, resolution: int, group: Distributed,
-           stop_after: int | None) -> TrainingSummary:
+           stop_after: int | None, save: bool) -> TrainingSummary:
     run = RunDir(Path(config.out))
     dataset = StoreCrops(config.store, resolution, config.clips, config.faces_only, config.cache_chunks)
     seed_everything(config.seed)  # the same initial weights on every rank, whatever the number of ranks
@@ -214,40 +227,44 @@ def _train(build, config: TrainingConfig, resolution: int, group: Distributed,
     monitor = Monitor(run, group, stage.name, start, config.steps, config.log_every, config.batch_size)
     started = time.perf_counter()
     try:
-        path = _steps(stage, batches, monitor, run, config, group, start, end) or latest
+        path = _steps(stage, batches, monitor, run, config, group, start, end, save) or latest
     finally:
         monitor.close()
         _close(batches)
     seconds = time.perf_counter() - started
-    return _finish(stage, run, config, group, start, end, seconds, path, monitor, resumed_losses)
+    return _finish(stage, run, config, group, start, end, seconds, path, monitor, resumed_losses, save)
 
 
 def _steps(stage: Stage, batches: Iterator[torch.Tensor], monitor: Monitor, run: RunDir, config: TrainingConfig,
-           group: Distributed, start: int, end: int) -> Path | None:
+           group: Distributed, start: int, end: int, save: bool = True) -> Path | None:
     """Steps start..end-1 with their logs, grids and checkpoints; returns the last checkpoint written."""
     path = None
     for step in range(start, end):
-        monitor.add(stage.train_step(step, to_model_range(next(batches), group.device)))
+        waiting = time.perf_counter()
+        batch = next(batches)
+        monitor.waited(time.perf_counter() - waiting)
+        monitor.add(stage.train_step(step, to_model_range(batch, group.device)))
         done = step + 1
         monitor.end_step(done)
-        if done % config.image_every == 0 or done == config.steps:
+        if save and (done % config.image_every == 0 or done == config.steps):
             for name, (grid, nrow) in stage.samples().items():
                 monitor.images(name, grid, done, nrow)
             for name, value in stage.scalars().items():
                 monitor.scalar(name, value, done)
-        if done % config.checkpoint_every == 0 or done == end:
+        if save and (done % config.checkpoint_every == 0 or done == end):
             path = checkpoint(stage, run, config, done, group, monitor.last)
     return path
 
 
 def _finish(stage: Stage, run: RunDir, config: TrainingConfig, group: Distributed, start: int, end: int,
-            seconds: float, path: Path | None, monitor: Monitor, resumed_losses: dict) -> TrainingSummary:
+            seconds: float, path: Path | None, monitor: Monitor, resumed_losses: dict,
+            save: bool = True) -> TrainingSummary:
     """The final export (when the run reached `steps`) and the summary, written by rank 0 and returned."""
     trained = end - start
     in_sync = replicas_in_sync(stage, group)
     final = run.export(stage.name)
     # a run that reached `steps` exports; so does a resumed one whose final checkpoint has no export beside it
-    if group.main and end == config.steps and (trained or not final.exists()):
+    if save and group.main and end == config.steps and (trained or not final.exists()):
         save_export(stage.export(), final, DTYPES[config.export_dtype],
                     {"training": config.model_dump(mode="json"), "step": end, "losses": monitor.last})
     summary = TrainingSummary(
@@ -256,7 +273,7 @@ def _finish(stage: Stage, run: RunDir, config: TrainingConfig, group: Distribute
         images_per_second=trained * config.batch_size * group.world_size / max(seconds, 1e-9),
         first_losses=monitor.first or {}, final_losses=monitor.last or resumed_losses,
         checkpoint=str(path or ""), weights=str(path.with_suffix(".safetensors")) if path else "",
-        export=str(final) if final.exists() else "", replicas_in_sync=in_sync)
+        export=str(final) if final.exists() else "", replicas_in_sync=in_sync, last_window=monitor.speed)
     if group.main:
         with atomic_path(run.summary) as partial:
             partial.write_text(summary.model_dump_json(indent=2) + "\n")

@@ -1,5 +1,10 @@
 """What a run shows while it trains: a progress bar with ETA, loss means per window in stats.jsonl and TensorBoard,
-and image grids. Only rank 0 writes; every rank takes part in the cross-rank means, at the same steps."""
+and image grids. Only rank 0 writes; every rank takes part in the cross-rank means, at the same steps.
+
+Speed per window: steps/s and images/s, and the share of the window's wall time the training process spent
+waiting for the next batch from the data loader (`data_wait`: near 0 when the loader keeps ahead; near 1 when
+the step waits for data). Losses stay on the device until a window closes, so a step never waits for the device
+for logging; the window's one read of the means is what makes its wall time true on a GPU."""
 
 from __future__ import annotations
 
@@ -9,7 +14,6 @@ import warnings
 from collections.abc import Mapping
 
 import torch
-from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
 
 from storage.files import atomic_path
@@ -47,6 +51,8 @@ class Monitor:
         self.steps, self.log_every, self.images_per_step = steps, log_every, images_per_step
         self.sums: dict[str, torch.Tensor] = {}
         self.count = 0
+        self.data_seconds = 0.0  # waiting for batches in this window
+        self.speed: dict[str, float] = {}  # the last closed window's steps_per_s, images_per_s, data_wait
         self.window_start = time.perf_counter()
         self.started = self.window_start
         self.start_step = start
@@ -67,6 +73,10 @@ class Monitor:
         self.count += 1
         self.bar.update(1)
 
+    def waited(self, seconds: float) -> None:
+        """Time this step spent waiting for its batch."""
+        self.data_seconds += seconds
+
     def end_step(self, step: int) -> None:
         """After step `step` (1-based): close the window every `log_every` steps and at the end."""
         if self.count and (step % self.log_every == 0 or step == self.steps):
@@ -81,10 +91,12 @@ class Monitor:
         self.last = row
         if self.first is None:
             self.first = row
-        self.sums, self.count, self.window_start = {}, 0, time.perf_counter()
+        images_rate = rate * self.images_per_step * self.group.world_size
+        data_wait = min(self.data_seconds / max(elapsed, 1e-9), 1.0)
+        self.speed = {"steps_per_s": rate, "images_per_s": images_rate, "data_wait": data_wait}
+        self.sums, self.count, self.data_seconds, self.window_start = {}, 0, 0.0, time.perf_counter()
         if not self.group.main:
             return
-        images_rate = rate * self.images_per_step * self.group.world_size
         record = {"step": step, "time": round(time.perf_counter() - self.started, 3),
                   "steps_per_s": round(rate, 4), "images_per_s": round(images_rate, 2), **row}
         with open(self.run.stats, "a") as handle:
@@ -94,11 +106,14 @@ class Monitor:
                 self.writer.add_scalar(f"loss/{name}", value, step)
             self.writer.add_scalar("speed/steps_per_s", rate, step)
             self.writer.add_scalar("speed/images_per_s", images_rate, step)
+            self.writer.add_scalar("speed/data_wait", data_wait, step)
         text = " ".join(f"{name}={value:.4f}" for name, value in row.items())
-        self.bar.set_postfix_str(text, refresh=False)
+        speed = f"{images_rate:.1f} img/s, data wait {100 * data_wait:.0f}%"
+        self.bar.set_postfix_str(f"{text} | {speed}", refresh=False)
         if self.bar.disable:  # no bar: one line per window, with the ETA the bar would show
             eta = (self.steps - step) / max(rate, 1e-9)
-            print(f"{self.stage} step {step}/{self.steps} {text} {rate:.2f} step/s eta {_clock(eta)}", flush=True)
+            print(f"{self.stage} step {step}/{self.steps} {text} {rate:.2f} step/s {speed} eta {_clock(eta)}",
+                  flush=True)
 
     def scalar(self, name: str, value: float, step: int) -> None:
         """A value that is not a loss (ADA's p, the mean path length), rank 0's reading."""
@@ -109,6 +124,8 @@ class Monitor:
         """A grid of images in [-1, 1]: TensorBoard and samples/<name>-<step>.png."""
         if not self.group.main:
             return
+        from torchvision.utils import make_grid, save_image  # here: a run without grids needs no torchvision
+
         grid = make_grid(images.detach().float().clamp(-1, 1).cpu(), nrow=nrow, normalize=True, value_range=(-1, 1))
         self.run.samples.mkdir(parents=True, exist_ok=True)
         save_image(grid, self.run.samples / f"{name}-{step:07d}.png")
