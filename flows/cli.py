@@ -454,6 +454,10 @@ _training_command(
     "training.feature_transformer:FeatureTransformerTrainingConfig",
     "generator=runs/g/generator.safetensors directions=runs/a/directions.safetensors steps=5000",
     "Train the Feature Transformer (G, the codes and A frozen) on two frames of one clip of an encoded store.")
+_training_command(
+    "train-joint", "flows.train_joint:train_joint", "training.joint:JointTrainingConfig",
+    "--config training/configs/demo-joint.yaml out=runs/joint install_dir=runs/joint/weights",
+    "Train the encoder E and A together (G and the Net3D frozen) with the cycle terms, on pairs of an encoded store.")
 
 
 
