@@ -263,10 +263,11 @@ def evaluate_command(
     seed: int = typer.Option(0, help=_eva["seed"].description),
     truth: Optional[Path] = typer.Option(None, help=_eva["truth"].description),
     fid: bool = typer.Option(True, help=_eva["fid"].description),
+    lpips: bool = typer.Option(True, help=_eva["lpips"].description),
     linearity: bool = typer.Option(True, help=_eva["linearity"].description),
     linearity_sources: int = typer.Option(4, help=_eva["linearity_sources"].description),
     samples: int = typer.Option(4, help=_eva["samples"].description),
-    weights: str = typer.Option("voxceleb256", help=_ree["weights"].description),
+    weights: Optional[list[str]] = typer.Option(None, help=_ree["weights"].description + " Repeat to compare sets on the same pairs, each as [LABEL=]SET[@WEIGHTS_DIR] (e.g. --weights demo --weights joint=demo-joint@runs/joint/weights): each set goes to OUT/LABEL, with OUT/sets.json beside them, which benchmark-report shows side by side. Default: voxceleb256."),
     face3d: Optional[str] = typer.Option(None, help=_ree["face3d"].description),
     truncation: Optional[float] = typer.Option(None, help=_ree["truncation"].description),
     embedder: str = typer.Option("auto", help=_met["identity"].description),
@@ -287,30 +288,41 @@ def evaluate_command(
     Per generated frame: CSIM (to the source, and to the driving frame), LPIPS (self: to the ground truth), APD and
     AED (the Net3D's reading of the result vs the driving frame), and with --truth the pose and expression errors
     against a synthetic world's true parameters; FID/KID per protocol; the linearity of A. Every figure names the
-    network that measured it; seeds are fixed and the pair lists are saved.
+    network that measured it; seeds are fixed and the pair lists are saved. Several --weights evaluate each set on
+    the same pairs.
     """
-    from flows.evaluate import evaluate
-    from tasks.evaluate import check_request, measuring_networks
+    from flows.evaluate import evaluate, evaluate_sets
+    from tasks.evaluate import check_request, measuring_networks, weights_choices
 
     with user_errors():
         weights_path = str(weights_dir) if weights_dir else None
+        sets = weights_choices(weights or ["voxceleb256"], weights_path)
+        first, first_dir = next(iter(sets.values()))
         config = EvaluateConfig(
             store=str(store), out=str(out), protocols=protocol or ["self", "cross"], identities=identity or None,
             max_clips=max_clips or None, cross_count=cross_count, frames_per_clip=frames_per_clip, seed=seed,
-            truth=str(truth) if truth else None, fid=fid, linearity=linearity, linearity_sources=linearity_sources,
-            samples=samples,
-            reenact=ReenactConfig(weights=weights, face3d=face3d, truncation=truncation, weights_dir=weights_path,
+            truth=str(truth) if truth else None, fid=fid, lpips=lpips, linearity=linearity,
+            linearity_sources=linearity_sources, samples=samples,
+            reenact=ReenactConfig(weights=first, face3d=face3d, truncation=truncation, weights_dir=first_dir,
                                   device=device, precision=precision, batch_size=batch_size, smoothing=smoothing,
                                   feature_transformer=feature_transformer, tune_steps=tune_steps,
                                   tune_lpips_weight=tune_lpips_weight),
             metrics=MetricsConfig(identity=embedder, weights_dir=weights_path, device=device))
+        reenact = {label: config.reenact.model_copy(update={"weights": name, "weights_dir": directory})
+                   for label, (name, directory) in sets.items()}
         check_request(config)  # bad inputs and setup problems as one line, before the flow starts
-        measuring_networks(config)
+        for chosen in reenact.values():
+            measuring_networks(config.model_copy(update={"reenact": chosen}))
         runner = RunnerConfig(kind=task_runner, workers=workers, dask_address=dask_address)
-        summary = evaluate(config=config, runner=runner)
+        if len(sets) == 1:
+            summary = evaluate(config=config, runner=runner)
+            every = [summary]
+        else:
+            summary = evaluate_sets(config=config, sets=reenact, runner=runner)
+            every = list(summary.sets.values())
     for line in summary.lines():
         console.print(line, highlight=False)
-    if summary.pairs and all(summary.failed[p] == summary.pairs[p] for p in summary.pairs):
+    if all(done.pairs and all(done.failed[p] == done.pairs[p] for p in done.pairs) for done in every):
         raise typer.Exit(code=1)
 
 

@@ -4,18 +4,20 @@ per clip and per protocol (the output folder is described in `tasks.evaluate`)."
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from prefect import flow, get_run_logger, unmapped
 from pydantic import BaseModel
 
 import tasks  # noqa: F401
-from tasks.evaluate import (EvaluateConfig, PairEvaluation, distribution_task, evaluate_pair_task, linearity_task,
-                            plan_task, write_results_task)
+from tasks.evaluate import (SETS_FILE, EvaluateConfig, PairEvaluation, distribution_task, evaluate_pair_task,
+                            linearity_task, plan_task, write_json, write_results_task)
 from tasks.progress import progress
 from tasks.protocols import ReenactPair
+from tasks.reenact import ReenactConfig
 from tasks.runners import RunnerConfig
 
-HEADLINE = ("csim", "lpips", "apd", "aed", "truth_apd", "truth_aed")  # the summary's one line per protocol
+HEADLINE = ("csim", "lpips", "pixel", "inversion", "apd", "aed", "truth_apd", "truth_aed")  # the summary's one line per protocol
 
 
 class EvaluateSummary(BaseModel):
@@ -86,3 +88,33 @@ def _evaluate_pairs(pairs: list[ReenactPair], protocol: str, config: EvaluateCon
             evaluations.append(future.result())
             advance(evaluations[-1].status)
     return evaluations
+
+
+class SetsSummary(BaseModel):
+    """What an evaluation of several weights sets hands back: each set's summary, by label."""
+
+    out: str
+    sets: dict[str, EvaluateSummary]
+
+    def lines(self) -> list[str]:
+        lines = []
+        for label, summary in self.sets.items():
+            lines += [f"set {label}:", *(f"  {line}" for line in summary.lines())]
+        return lines + [f"sets: {Path(self.out) / SETS_FILE}"]
+
+
+@flow(name="evaluate-sets", log_prints=True)
+def evaluate_sets(config: EvaluateConfig, sets: dict[str, ReenactConfig],
+                  runner: RunnerConfig = RunnerConfig()) -> SetsSummary:
+    """`evaluate` of each set on the same pairs (the same store, split and seeds), into `<out>/<label>/`, then
+    `<out>/sets.json` (the labels in order, with each set's weights; written last: it marks a complete comparison,
+    which benchmark-report shows side by side)."""
+    out = Path(config.out)
+    (out / SETS_FILE).unlink(missing_ok=True)
+    summaries = {label: evaluate(config=config.model_copy(update={"out": str(out / label), "reenact": reenact}),
+                                 runner=runner) for label, reenact in sets.items()}
+    write_json(out / SETS_FILE, {"sets": [{"label": label, "weights": reenact.weights,
+                                           "weights_dir": reenact.weights_dir,
+                                           "feature_transformer": reenact.feature_transformer}
+                                          for label, reenact in sets.items()]})
+    return SetsSummary(out=str(out), sets=summaries)
