@@ -192,7 +192,9 @@ class JointStage(Stage):
         self.amp = Amp(config.precision, self.device)
         self.scaler = self.amp.scaler()  # one loss: one scaler steps both optimisers
         self.frames = StoreFrames(dataset, self.net3d.name, False, NUM_PARAMS + self.net3d.shape_size)
+        # the identity of every frame StoreFrames draws, by its index into dataset.items
         self.identities = np.asarray([dataset.keys[clip].identity for clip in dataset.items[self.frames.items, 0]])
+        self.identity_of = dict(zip(self.frames.items.tolist(), self.identities))
         if config.cross_fraction and len(set(self.identities)) < 2:
             raise ValueError(f"cross_fraction={config.cross_fraction} needs frames of two identities at least; "
                              f"{dataset.root} has one: set cross_fraction=0")
@@ -252,10 +254,9 @@ class JointStage(Stage):
 
     def _other_identity(self, items: np.ndarray) -> np.ndarray:
         """A random frame of another identity for each frame (indices into dataset.items, as `StoreFrames`)."""
-        position = {int(item): index for index, item in enumerate(self.frames.items)}
         out = []
         for item in items:
-            own = self.identities[position[int(item)]]
+            own = self.identity_of[int(item)]
             while True:
                 other = int(torch.randint(len(self.frames.items), (1,)))
                 if self.identities[other] != own:
