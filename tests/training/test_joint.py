@@ -103,9 +103,9 @@ def test_installed_exports_are_the_demo_joint_set(world, tmp_path):
                                      directions="demo-directions", steps=2, install_dir=str(weights)))
     assert all(row["present"] for row in registry.status("demo-joint"))
     exports = exports_of(summary.out)
-    encoder = registry.get(reenaction_set("demo-joint").encoder)
-    assert all(torch.equal(value, registry.load_spec(str(exports.encoder))[0].state_dict()[name])
-               for name, value in encoder.state_dict().items())
+    installed = registry.get(reenaction_set("demo-joint").encoder).state_dict()
+    exported = registry.load_spec(str(exports.encoder))[0].state_dict()
+    assert all(torch.equal(value, exported[name]) for name, value in installed.items())
     assert isinstance(registry.get(reenaction_set("demo-joint").directions), DirectionMatrix)
 
 
