@@ -294,10 +294,20 @@ class JointStage(Stage):
             reenacted = self.render(reenacted_code).float()
             terms.update(self._reenactment_terms(reenacted, pairs))
             if any(weights[name] for name in CYCLE_TERMS):  # E's second pass: the module itself (DDP: one call)
-                terms.update(cycle_terms(self.e, self.render, reenacted_code, reenacted, backward, pairs.source,
-                                         self.perceptual if weights["cycle_lpips"] else None, joint))
+                terms.update(cycle_terms(self.encode_generated, self.render, reenacted_code, reenacted, backward,
+                                         pairs.source, self.perceptual if weights["cycle_lpips"] else None, joint))
         total = sum(weights[name] * value for name, value in terms.items())
         return total, terms
+
+    def encode_generated(self, images: torch.Tensor) -> torch.Tensor:
+        """E of G's images with its running statistics, as inference encodes (gradients flow as ever): the
+        reenacted faces must not move the statistics E normalises real crops with."""
+        training = self.e.training
+        self.e.eval()
+        try:
+            return self.e(images)
+        finally:
+            self.e.train(training)
 
     def _reenactment_terms(self, reenacted: torch.Tensor, pairs: JointPairs) -> dict[str, torch.Tensor]:
         """Pixel and LPIPS against the target (pairs of one clip), identity against the source, the Net3D terms

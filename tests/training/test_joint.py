@@ -184,3 +184,18 @@ def test_joint_false_keeps_the_gradients_of_e_and_a_apart(world, tmp_path):
     assert grads[True, "inversion_l2"] == grads[False, "inversion_l2"] == (True, False)
     assert grads[True, "cycle_pixel"] == (True, True) and grads[False, "cycle_pixel"] == (False, True)
     assert grads[False, "cycle_code"] == (True, False)
+
+
+def test_the_cycle_encodes_the_reenacted_faces_with_the_running_statistics(world, tmp_path):
+    """E reads G's reenacted faces as inference does (eval-mode statistics), with gradients, and they do not move
+    the statistics E normalises real crops with; E stays in training mode."""
+    stage = stage_for(tiny(world, tmp_path / "b"))
+    before = {name: value.clone() for name, value in stage.e.state_dict().items() if "running" in name}
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    codes = stage.encode_generated(images)
+    codes.sum().backward()
+    assert stage.e.training
+    assert all(torch.equal(value, stage.e.state_dict()[name]) for name, value in before.items())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in stage.e.parameters())
+    stage.e.eval()
+    assert torch.equal(codes.detach(), stage.e(images.detach()))
