@@ -68,6 +68,9 @@ TRAINING: dict[str, TrainingEntry] = {
         "flows.train_feature_transformer:train_feature_transformer",
         "training.feature_transformer:FeatureTransformerTrainingConfig",
         "generator=runs/g/generator.safetensors directions=runs/a/directions.safetensors steps=5000"),
+    "train-joint": TrainingEntry(
+        "flows.train_joint:train_joint", "training.joint:JointTrainingConfig",
+        "--config training/configs/demo-joint.yaml out=runs/joint install_dir=runs/joint/weights"),
 }
 
 

@@ -7,15 +7,21 @@ import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger, unmapped
+from pydantic import Field
 
 from flows.summary import FlowSummary, publish, shown
-from tasks.evaluate import (EvaluateConfig, PairEvaluation, check_request, distribution_task, evaluate_pair_task,
-                            linearity_task, measuring_networks, plan_task, write_results_task)
+from tasks.evaluate import (SETS_FILE, EvaluateConfig, PairEvaluation, check_request, distribution_task,
+                            evaluate_pair_task, linearity_task, measuring_networks, plan_task, weights_choices,
+                            write_json, write_results_task)
 from tasks.progress import progress
 from tasks.protocols import ReenactPair
+from tasks.reenact import ReenactConfig
 from tasks.runners import RunnerConfig
 
-HEADLINE = ("csim", "lpips", "apd", "aed", "truth_apd", "truth_aed")  # the summary's one line per protocol
+HEADLINE = ("csim", "lpips", "pixel", "inversion", "apd", "aed", "truth_apd", "truth_aed")  # one line per protocol
+COMPARE_HELP = ("More weights sets measured on the same pairs, each [LABEL=]SET[@WEIGHTS_DIR] (e.g. --compare "
+                "joint=demo-joint@runs/joint/weights); repeat for several. Every set, --weights first (labelled by its "
+                "name), goes to OUT/LABEL, with OUT/sets.json beside them, which benchmark-report shows side by side.")
 
 
 class EvaluateSummary(FlowSummary):
@@ -57,21 +63,64 @@ class EvaluateSummary(FlowSummary):
         return 1 if self.pairs and all(self.failed[p] == self.pairs[p] for p in self.pairs) else 0
 
 
-def check(config: EvaluateConfig, **_) -> None:
-    """Setup problems, before any pair: the store and split, the reenacting and measuring networks."""
+class SetsSummary(FlowSummary):
+    """What an evaluation of several weights sets hands back: each set's summary, by label."""
+
+    out: str
+    sets: dict[str, EvaluateSummary]
+
+    def lines(self) -> list[str]:
+        lines = []
+        for label, summary in self.sets.items():
+            lines += [f"set {label}:", *(f"  {line}" for line in summary.lines())]
+        return lines + [f"sets: {shown(Path(self.out) / SETS_FILE)}"]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if all(summary.exit_code for summary in self.sets.values()) else 0
+
+
+def check(config: EvaluateConfig, compare: list[str] | None = None, **_) -> None:
+    """Setup problems, before any pair: the store and split, the reenacting and measuring networks of every set."""
     check_request(config)
-    measuring_networks(config)
+    for reenact in compared_sets(config, compare).values():
+        measuring_networks(config.model_copy(update={"reenact": reenact}))
+
+
+def compared_sets(config: EvaluateConfig, compare: list[str] | None) -> dict[str, ReenactConfig]:
+    """The sets to measure, by label: `config.reenact`'s (labelled by its name), then each of `compare`."""
+    reenact = config.reenact
+    sets = weights_choices([reenact.weights, *(compare or [])], reenact.weights_dir)
+    return {label: reenact.model_copy(update={"weights": name, "weights_dir": directory})
+            for label, (name, directory) in sets.items()}
 
 
 @flow(name="evaluate", log_prints=True)
-def evaluate(config: EvaluateConfig, runner: RunnerConfig = RunnerConfig()) -> EvaluateSummary:
+def evaluate(config: EvaluateConfig, runner: RunnerConfig = RunnerConfig(),
+             compare: list[str] | None = Field(None, description=COMPARE_HELP)) -> EvaluateSummary | SetsSummary:
     """Evaluate a weights set on a test split of a store: the paper's self- and cross-reenactment protocols.
 
     Per generated frame: CSIM (to the source, and to the driving frame), LPIPS (self: to the ground truth), APD and
     AED (the Net3D's reading of the result vs the driving frame), and with a truth table the pose and expression
     errors against a synthetic world's true parameters; FID/KID per protocol; the linearity of A. Every figure names
     the network that measured it; seeds are fixed and the pair lists are saved. The frames are reenacted in
-    memory, never written as videos."""
+    memory, never written as videos. With --compare, every set is measured on the same pairs."""
+    if not compare:
+        return _measure(config, runner)
+    sets = compared_sets(config, compare)
+    out = Path(config.out)
+    (out / SETS_FILE).unlink(missing_ok=True)
+    summaries = {label: _measure(config.model_copy(update={"out": str(out / label), "reenact": reenact}), runner)
+                 for label, reenact in sets.items()}
+    write_json(out / SETS_FILE, {"sets": [{"label": label, "weights": reenact.weights,
+                                           "weights_dir": reenact.weights_dir,
+                                           "feature_transformer": reenact.feature_transformer}
+                                          for label, reenact in sets.items()]})  # last: the comparison is complete
+    return SetsSummary(out=str(out), sets=summaries)
+
+
+def _measure(config: EvaluateConfig, runner: RunnerConfig) -> EvaluateSummary:
+    """One set: plan the pairs, measure them on the task runner, write the results folder and publish them."""
     started = time.perf_counter()
     logger = get_run_logger()
     plan = plan_task(config)
@@ -103,3 +152,4 @@ def _evaluate_pairs(pairs: list[ReenactPair], protocol: str, config: EvaluateCon
             evaluations.append(future.result())
             advance(evaluations[-1].status)
     return evaluations
+

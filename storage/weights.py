@@ -388,6 +388,17 @@ WEIGHT_FILES: dict[str, WeightFile] = {entry.name: entry for entry in (
                      "--config training/configs/demo-feature-transformer.yaml", bundled=True,
         builder="models.feature_transformer:FeatureTransformer", config=_FEATURE_TRANSFORMER_256),
     WeightFile(
+        "demo-joint-encoder", "demo-joint/encoder.safetensors",
+        "an encoder for the demo generator trained jointly with A (the demo-joint set)",
+        where_to_get="train it: `reenact train-joint --config training/configs/demo-joint.yaml install_dir=DIR` "
+                     "puts it here", builder="models.e4e:Encoder4Editing", config=_E4E_256),
+    WeightFile(
+        "demo-joint-directions", "demo-joint/directions.safetensors",
+        "a direction matrix A for the demo generator trained jointly with the encoder (the demo-joint set)",
+        where_to_get="train it: `reenact train-joint --config training/configs/demo-joint.yaml install_dir=DIR` "
+                     "puts it here", builder="models.directions:DirectionMatrix", config=_DIRECTIONS,
+        config_from_entries=_DIRECTIONS_FROM_ENTRIES),
+    WeightFile(
         "feature-transformer-voxceleb256", "feature_transformer.safetensors",
         "a Feature Transformer for the official G (optional: --feature-transformer feature-transformer-voxceleb256)",
         where_to_get="the official release has none: train one with `reenact train-feature-transformer` "
@@ -416,6 +427,7 @@ WEIGHT_SETS: dict[str, tuple[str, ...]] = {
     "voxceleb256": ("stylegan2-voxceleb256", "e4e-voxceleb256", "directions-voxceleb256", "arcface-ir-se50", "deca",
                     "flame", "flame-landmark-embedding"),
     "demo": ("demo-generator", "demo-encoder", "demo-directions", "demo-feature-transformer"),
+    "demo-joint": ("demo-generator", "demo-joint-encoder", "demo-joint-directions", "demo-feature-transformer"),
 }
 
 
@@ -442,6 +454,9 @@ REENACTION_SETS: dict[str, ReenactionSet] = {
                                  truncation=0.7),
     "demo": ReenactionSet("demo-generator", "demo-encoder", "demo-directions", face3d="synth-regressor",
                           feature_transformer="demo-feature-transformer"),
+    # E and A of a train-joint run from the demo set (training/joint.py), installed with its install_dir
+    "demo-joint": ReenactionSet("demo-generator", "demo-joint-encoder", "demo-joint-directions",
+                                face3d="synth-regressor", feature_transformer="demo-feature-transformer"),
 }
 
 

@@ -11,7 +11,11 @@ generated frame is measured against its driving frame, which in self-reenactment
 
     csim            identity embedding of the result vs the source crop
     csim_driving    ... vs the driving frame (self: the ground truth; cross: how much of the driver's identity leaks)
-    lpips           result vs the driving frame (self only: cross has no ground truth)
+    lpips           result vs the driving frame (self only: cross has no ground truth; NaN with lpips=False)
+    pixel           mean |result - driving frame| of 0-255 pixels at the 256 crop (self only); static_pixel: the
+                    Δp = 0 render's
+    inversion       mean |G(E(source)) - source crop| of 0-255 pixels: the source's own code rendered by G alone (no
+                    A, no Feature Transformer), what the encoder's inversion keeps of the face (one value per pair)
     apd*, aed*      the Net3D's reading of the result vs its reading of the driving frame
     static_apd*, static_aed*    the baseline of doing nothing: the source rendered with Δp = 0, read, vs the same
     truth_apd*, truth_aed*                with the synthetic world's truth: the result's reading vs the true parameters
@@ -31,6 +35,9 @@ Every figure names the network that measured it. The output folder (`out`):
     samples/<protocol>/<pair>.png   source | driving | result, one row per frame, for the first pairs
     summary.json             per protocol and metric: mean, std, n, n_missing, network; FID/KID; the environment
 
+Several weights sets (`flows.evaluate.evaluate_sets`) give one such folder per set, `<out>/<label>/`, and
+`<out>/sets.json` (SETS_FILE: the labels in order, each set's weights and weights directory), written last.
+
 Every file is written whole or not at all; a rerun into the same folder first removes the previous run's files of
 this list (and nothing else), and writes summary.json last, so its presence marks a complete run.
 """
@@ -40,6 +47,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import re
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -65,7 +73,9 @@ from tasks.metrics import (DEFAULT_MAGNITUDES, MetricsConfig, csim, distribution
                            fit_linearity, inception_features, lpips, metric_networks, pose_distance, sweep_directions)
 from tasks.preprocess import code_version
 from tasks.protocols import ReenactPair, cross_pairs, self_pairs, split_clips, write_pairs
-from tasks.reenact import CLIP_PREFIX, ReenactConfig, ReenactInputError, SourceFace, networks_for, prepare_inputs
+from models.images import resize_to, to_pixels
+from tasks.reenact import (CLIP_PREFIX, CROP_SIZE, ReenactConfig, ReenactInputError, SourceFace, networks_for,
+                           prepare_inputs)
 
 Protocol = Literal["self", "cross"]
 PROTOCOLS: tuple[Protocol, ...] = ("self", "cross")
@@ -74,12 +84,14 @@ FOUND_COLUMNS = ["result_found", "static_found", "driving_found"]  # the Net3D r
 PAIR_COLUMNS = ["protocol", "pair", "source", "driving"]
 DISTRIBUTION_COLUMNS = ["protocol", "fid", "kid_mean", "kid_std", "kid_subsets", "kid_subset_size", "n_real",
                         "n_fake", "network", "fid_method"]
-NETWORK_OF_FAMILY = {"csim": "identity", "lpips": "lpips", "apd": "net3d", "aed": "net3d"}
-NOT_IN_CROSS = ("lpips",)  # cross-reenactment has no ground-truth frame to compare with
+NETWORK_OF_FAMILY = {"csim": "identity", "lpips": "lpips", "apd": "net3d", "aed": "net3d", "pixel": None,
+                     "inversion": None}  # pixel differences: no network
+NOT_IN_CROSS = ("lpips", "pixel", "static_pixel")  # cross-reenactment has no ground-truth frame to compare with
 
 CONFIG_FILE, FRAMES_FILE, CLIPS_FILE = "config.json", "frames.parquet", "clips.parquet"
 DISTRIBUTION_FILE, LINEARITY_FILE, SWEEP_FILE = "distribution.parquet", "linearity.parquet", "linearity_sweep.parquet"
 SUMMARY_FILE, PAIRS_DIR, SAMPLES_DIR = "summary.json", "pairs", "samples"
+SETS_FILE = "sets.json"  # a folder of several sets' evaluations
 TRUTH_KEYS = ["identity", "video", "clip", "frame"]
 
 
@@ -97,6 +109,7 @@ class EvaluateConfig(BaseModel):
     seed: int = Field(0, description="Seed of the pair draws (self subset, cross pairs) and of the linearity sources.")
     truth: str | None = Field(None, description="The synthetic world's truth.parquet (make-synthetic-dataset): also measure pose and expression errors against the true parameters.")
     fid: bool = Field(True, description="FID and KID per protocol (Inception-v3 features of every result and driving frame: the slowest metric on a CPU).")
+    lpips: bool = Field(True, description="LPIPS in self-reenactment (needs AlexNet's ImageNet file, alexnet-owt-7be5be79.pth); off: not measured (NaN).")
     linearity: bool = Field(True, description="Sweep each direction of A on a few source W+ of the split and fit the response (slope, R², cross-talk).")
     linearity_sources: int = Field(4, ge=1, description="Linearity: clips whose first frame's W+ is swept.")
     linearity_directions: list[str] = Field(list(PARAM_NAMES), min_length=1, description="Linearity: the directions to sweep.")
@@ -190,10 +203,20 @@ def measuring_networks(config: EvaluateConfig) -> dict[str, str | None]:
     networks = networks_for(config.reenact)
     metrics = metric_networks(config.metrics)
     weights = reenaction_set(config.reenact.weights)
-    return {"identity": metrics.identity.name, "lpips": metrics.lpips.name if "self" in config.protocols else None,
+    return {"identity": metrics.identity.name, "lpips": _lpips_network(config),
             "inception": metrics.inception.name if config.fid else None, "net3d": networks.encode_config.face3d,
             "generator": weights.generator, "encoder": weights.encoder, "directions": weights.directions,
             "feature_transformer": networks.feature_transformer}
+
+
+def _lpips_network(config: EvaluateConfig) -> str | None:
+    """LPIPS's name when self-reenactment measures it; its missing file is an error that says how to go without."""
+    if "self" not in config.protocols or not config.lpips:
+        return None
+    try:
+        return metric_networks(config.metrics).lpips.name
+    except MissingWeightsError as err:
+        raise MissingWeightsError(f"{err} Or evaluate without LPIPS: --no-lpips.") from None
 
 
 def aed_ranges(config: EvaluateConfig) -> tuple[ParamRanges, str]:
@@ -204,6 +227,36 @@ def aed_ranges(config: EvaluateConfig) -> tuple[ParamRanges, str]:
     if path.is_file():
         return ParamRanges.load(path), str(path)
     return networks.reenactor.ranges, f"the {config.reenact.weights} directions' table"
+
+
+# --- several weights sets ---------------------------------------------------------------------------------------------
+
+SET_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def weights_choices(choices: list[str], weights_dir: str | None = None) -> dict[str, tuple[str, str | None]]:
+    """`[LABEL=]SET[@WEIGHTS_DIR]` choices (the --weights option) -> {label: (set, weights directory)}: the label
+    defaults to the set's name, the directory to `weights_dir`. Labels name folders, so they must be distinct."""
+    sets: dict[str, tuple[str, str | None]] = {}
+    for choice in choices:
+        label, has_label, rest = choice.partition("=")
+        name, has_dir, directory = (rest if has_label else choice).partition("@")
+        label = label if has_label else name
+        reenaction_set(name)  # an unknown set is named with the known ones
+        if not SET_LABEL.fullmatch(label):
+            raise ValueError(f"--weights {choice!r}: the label {label!r} names a folder: letters, digits, '.', '_', "
+                             f"'-' only")
+        if label in sets:
+            raise ValueError(f"--weights: {label!r} twice; give each set its own label, LABEL=SET[@WEIGHTS_DIR]")
+        sets[label] = (name, directory if has_dir else weights_dir)
+    return sets
+
+
+def read_sets(root: str | Path) -> list[dict] | None:
+    """The sets of a several-set evaluation folder in their order (label, weights, weights_dir), or None when the
+    folder is one set's."""
+    path = Path(root) / SETS_FILE
+    return json.loads(path.read_text())["sets"] if path.is_file() else None
 
 
 # --- the truth of a synthetic world -----------------------------------------------------------------------------------
@@ -294,7 +347,7 @@ def evaluate_pair(pair: ReenactPair, protocol: str, config: EvaluateConfig, samp
     static = generate(source, source.params[None], config.reenact)  # Δp = 0: the baseline of doing nothing
     truth = read_truth(config.truth, key)[str(key)][frames] if config.truth is not None else None
     scores = frame_scores(results, static, real, driving.clip.landmarks.oindex[frames], source.crop, protocol, config,
-                          truth)
+                          truth, inversion(source, config.reenact))
     ids = pd.DataFrame({"protocol": protocol, "pair": pair.name, "source": source_name(pair),
                         "source_frame": pair.source_frame, "driving": pair.driving, "frame": frames})
     if sample:
@@ -316,11 +369,28 @@ def generate(source: SourceFace, driving_params: np.ndarray, config: ReenactConf
                            for start in range(0, len(driving_params), size)])
 
 
+def inversion(source: SourceFace, config: ReenactConfig) -> np.ndarray:
+    """uint8 [1, S, S, 3]: the source's own code rendered by G alone (truncated as reenactment renders it; no A, no
+    Feature Transformer), at the crop's size: what the encoder's inversion keeps of the source."""
+    networks = networks_for(config)
+    reenactor = networks.reenactor
+    with torch.no_grad():
+        code = reenactor.truncate(torch.as_tensor(source.wplus[None], dtype=torch.float32, device=networks.device))
+        image = (source.generator or reenactor.generator).synthesis(code).image
+    return to_pixels(resize_to(image.float(), CROP_SIZE))
+
+
+def pixel_error(images: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """Mean |image - reference| per image [N] of uint8 [N or 1, S, S, 3] images, in 0-255 units."""
+    return np.abs(images.astype(np.float32) - references.astype(np.float32)).mean(axis=(1, 2, 3))
+
+
 def frame_scores(results: np.ndarray, static: np.ndarray, real: np.ndarray, real_landmarks: np.ndarray,
                  source_crop: np.ndarray, protocol: str, config: EvaluateConfig,
-                 truth: np.ndarray | None = None) -> pd.DataFrame:
+                 truth: np.ndarray | None = None, inverted: np.ndarray | None = None) -> pd.DataFrame:
     """One row per generated frame: found flags and every metric of the module docstring (`static` [1, S, S, 3]:
-    the source rendered with Δp = 0; `truth` [N, 15]: the driving frames' true parameters, when known)."""
+    the source rendered with Δp = 0; `truth` [N, 15]: the driving frames' true parameters, when known; `inverted`
+    [1, S, S, 3]: the source's inversion, `inversion`)."""
     networks, metrics = networks_for(config.reenact), metric_networks(config.metrics)
     batch, count = config.metrics.batch_size, len(results)
     result_params, result_found = networks.estimate(results, None)  # the result's face is found, not given
@@ -331,8 +401,12 @@ def frame_scores(results: np.ndarray, static: np.ndarray, real: np.ndarray, real
         pd.DataFrame({"result_found": result_found, "static_found": static_found, "driving_found": driving_found}),
         csim(metrics.identity, results, np.repeat(source_crop[None], count, axis=0), batch).table,
         csim(metrics.identity, results, real, batch).table.add_suffix("_driving"),
-        lpips(metrics.lpips, results, real, batch).table if protocol == "self"
+        lpips(metrics.lpips, results, real, batch).table if protocol == "self" and config.lpips
         else pd.DataFrame({"lpips": np.full(count, np.nan)}),
+        pd.DataFrame({"pixel": pixel_error(results, real), "static_pixel": pixel_error(static, real)}
+                     if protocol == "self" else {"pixel": np.full(count, np.nan), "static_pixel": np.full(count, np.nan)}),
+        pd.DataFrame({"inversion": np.repeat(pixel_error(inverted, source_crop[None]) if inverted is not None
+                                             else np.nan, count)}),
         *face_errors(result_params, driving_params, result_found & driving_found, ranges, config),
         *face_errors(static_params, driving_params, static_found & driving_found, ranges, config, "static_"),
     ]
@@ -409,7 +483,7 @@ def metric_summary(frames: pd.DataFrame, networks: dict[str, str | None]) -> dic
     could not be measured on: NaN) and the network that measured it."""
     summary = {}
     for protocol, group in frames.groupby("protocol", sort=False):
-        summary[protocol] = {column: {**_statistics(group[column]), "network": networks[_network_of(column)]}
+        summary[protocol] = {column: {**_statistics(group[column]), "network": networks.get(_network_of(column))}
                              for column in metric_columns(group, protocol)}
     return summary
 
@@ -420,8 +494,9 @@ def _statistics(values: pd.Series) -> dict:
             "n_missing": int(values.isna().sum())}
 
 
-def _network_of(column: str) -> str:
-    """The network key of a metric column: its family (csim, lpips, apd, aed) is one of its words."""
+def _network_of(column: str) -> str | None:
+    """The network key of a metric column: its family (csim, lpips, apd, aed; pixel, inversion: None) is one of its
+    words."""
     return next(NETWORK_OF_FAMILY[word] for word in column.split("_") if word in NETWORK_OF_FAMILY)
 
 

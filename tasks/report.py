@@ -9,7 +9,8 @@ URI), with the figures also written as PNG files beside it.
     render_screenshot(written.report, "report.png")      # a picture of the page, by headless Chromium
 
 The evaluation folder is the one `tasks.evaluate` describes (config.json, summary.json, frames.parquet,
-clips.parquet, distribution.parquet, linearity tables, pairs/, samples/). A throughput table may be added beside
+clips.parquet, distribution.parquet, linearity tables, pairs/, samples/). A folder of several sets (sets.json and
+one such folder per set) gives the sets side by side first (`set_comparison`), then the first set's report. A throughput table may be added beside
 them: throughput.json (a list of records, or {module: frames/s}) or throughput.parquet, with `module` and
 `frames_per_second` and any other columns (device, precision, batch_size, ...); without one the report says "not
 measured".
@@ -42,7 +43,7 @@ from pydantic import BaseModel, Field
 
 from storage.files import atomic_path
 from tasks.evaluate import (CLIPS_FILE, CONFIG_FILE, DISTRIBUTION_FILE, FOUND_COLUMNS, FRAME_ID_COLUMNS, FRAMES_FILE,
-                            LINEARITY_FILE, SAMPLES_DIR, SUMMARY_FILE, SWEEP_FILE)
+                            LINEARITY_FILE, SAMPLES_DIR, SUMMARY_FILE, SWEEP_FILE, read_sets)
 
 REQUIRED_FILES = (CONFIG_FILE, SUMMARY_FILE, FRAMES_FILE, CLIPS_FILE, DISTRIBUTION_FILE)
 THROUGHPUT_JSON, THROUGHPUT_PARQUET = "throughput.json", "throughput.parquet"
@@ -77,7 +78,8 @@ class Metric:
 
 
 BASE_METRICS = {"csim": ("CSIM", "higher"), "csim_driving": ("CSIM to driving", "self higher; cross lower (leak)"),
-                "lpips": ("LPIPS", "lower"), "apd": ("APD", "lower"), "aed": ("AED", "lower")}
+                "lpips": ("LPIPS", "lower"), "apd": ("APD", "lower"), "aed": ("AED", "lower"),
+                "pixel": ("pixel error", "lower"), "inversion": ("inversion error", "lower")}
 PREFIXES = {"truth_": " vs truth", "driving_truth_": ", Net3D vs truth"}  # the synthetic world's true parameters
 NOT_METRICS = set(FRAME_ID_COLUMNS) | set(FOUND_COLUMNS)
 
@@ -116,6 +118,7 @@ class Evaluation:
     sweep: pd.DataFrame | None = None
     throughput: pd.DataFrame | None = None
     samples: dict[str, list[Path]] = field(default_factory=dict)
+    sets: dict[str, Evaluation] = field(default_factory=dict)  # a folder of several sets: each, by label
 
     @property
     def protocols(self) -> list[str]:
@@ -139,10 +142,17 @@ class Evaluation:
 
 
 def load_evaluation(path: str | Path) -> Evaluation:
-    """Read an evaluation folder; `NotAnEvaluationError` names the files it lacks."""
+    """Read an evaluation folder; `NotAnEvaluationError` names the files it lacks. A folder of several sets gives
+    its first set, with every set under `sets`."""
     root = Path(path)
     if not root.is_dir():
         raise NotAnEvaluationError(f"{root} is not a directory: give the folder the evaluate flow wrote")
+    chosen = read_sets(root)
+    if chosen:
+        sets = {entry["label"]: load_evaluation(root / entry["label"]) for entry in chosen}
+        first = next(iter(sets.values()))
+        first.sets = sets
+        return first
     missing = [name for name in REQUIRED_FILES if not (root / name).is_file()]
     if missing:
         raise NotAnEvaluationError(f"{root} is not an evaluation folder (written by the evaluate flow): it lacks "
@@ -253,6 +263,49 @@ def metric_tables(evaluation: Evaluation, config: ReportConfig) -> pd.DataFrame:
                          "clips_low": by_clip.low, "clips_high": by_clip.high,
                          "network": evaluation.network(protocol, metric.column)})
     return pd.DataFrame(rows)
+
+
+def set_comparison(evaluation: Evaluation, config: ReportConfig) -> pd.DataFrame:
+    """The sets of a several-set folder side by side: per protocol, one row per set and one for doing nothing (the
+    Δp = 0 render of the first set, where a metric has its `static_` twin), one column per headline metric: its
+    mean over frames and the interval with clips resampled."""
+    rows = []
+    for label, chosen in evaluation.sets.items():
+        tables = metric_tables(chosen, config)
+        for protocol in chosen.protocols:
+            rows += [{"protocol": protocol, "set": label, "weights": chosen.weights_set, "metric": row.metric,
+                      "label": row.label, "better": row.better, "mean": row.mean, "low": row.clips_low,
+                      "high": row.clips_high, "missing": row.missing}
+                     for row in tables[(tables["protocol"] == protocol) & tables["headline"]].itertuples()]
+            if label == next(iter(evaluation.sets)):
+                measured = tables[tables["protocol"] == protocol].set_index("metric")
+                rows += [{"protocol": protocol, "set": "doing nothing (Δp = 0)", "weights": chosen.weights_set,
+                          "metric": metric, "label": describe(metric).label, "better": describe(metric).better,
+                          "mean": measured.loc[f"static_{metric}", "mean"],
+                          "low": measured.loc[f"static_{metric}", "clips_low"],
+                          "high": measured.loc[f"static_{metric}", "clips_high"],
+                          "missing": measured.loc[f"static_{metric}", "missing"]}
+                         for metric in measured.index if f"static_{metric}" in measured.index]
+    return pd.DataFrame(rows, columns=["protocol", "set", "weights", "metric", "label", "better", "mean", "low",
+                                       "high", "missing"])
+
+
+def _sets_section(evaluation: Evaluation, config: ReportConfig) -> str:
+    comparison = set_comparison(evaluation, config)
+    parts = [_paragraph(f"{len(evaluation.sets)} weights sets evaluated on the same pairs. Each cell: the mean over "
+                        f"frames and its {config.level:.0%} interval with clips resampled. 'doing nothing' renders "
+                        f"the source with Δp = 0 ({next(iter(evaluation.sets))}'s networks). The sections below are "
+                        f"the first set's; `benchmark-report <folder>/<label>` gives any set's own report.")]
+    for protocol, block in comparison.groupby("protocol", sort=False):
+        metrics = list(dict.fromkeys(block["metric"]))
+        labels = {row.metric: f"{row.label} ({row.better})" for row in block.itertuples()}
+        cells = {(row.set, row.metric): f"{_number(row.mean)} {_interval(row.low, row.high)}"
+                 for row in block.itertuples()}
+        rows = [(name, *(cells.get((name, metric), "—") for metric in metrics))
+                for name in dict.fromkeys(block["set"])]
+        parts += [f"<h3>{_escape(protocol)} reenactment</h3>",
+                  _table(("set", *(labels[metric] for metric in metrics)), rows, "numbers")]
+    return _section("sets", "Weights sets compared", *parts)
 
 
 # --- published numbers ----------------------------------------------------------------------------------------------
@@ -688,6 +741,7 @@ def render_html(evaluation: Evaluation, tables: pd.DataFrame, figures: Sequence[
     by_name = {figure.name: figure for figure in figures}
     distributions = [_image(by_name["distributions"])] if "distributions" in by_name else [_paragraph("No values.")]
     sections = {
+        **({"sets": _sets_section(evaluation, config)} if len(evaluation.sets) > 1 else {}),
         "metrics": _metrics_section(evaluation, tables, config),
         "published": _comparison_section(comparison_table(published, tables, evaluation), published),
         "distributions": _section("distributions", "Distributions", *distributions),

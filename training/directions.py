@@ -375,6 +375,21 @@ def pair_distance_error(landmarks: torch.Tensor, truth: torch.Tensor, pairs: Seq
     return (pair_distances(landmarks, pairs, unit) - pair_distances(truth, pairs, unit)).abs().mean()
 
 
+def face_terms(net3d: Net3D, images: torch.Tensor, truth: torch.Tensor, truth_shape: torch.Tensor,
+               ranges: ParamRanges, shift_scale: float) -> dict[str, torch.Tensor]:
+    """The Net3D terms of images against the truth (shift units [B, 15], identity [B, S]): the shape term, and the
+    mouth and eye landmark distances."""
+    params, shape = split_reading(net3d.read(images))
+    faces = Faces(params, ranges.to_shift_space(FaceParams.from_vector(params), shift_scale), shape)
+    truth_faces = Faces(ranges.from_shift_space(truth, shift_scale).to_vector(), truth, truth_shape)
+    landmarks = net3d.landmarks(faces.params, faces.shape)
+    truth_landmarks = net3d.landmarks(truth_faces.params, truth_faces.shape)
+    unit = net3d.landmark_unit
+    return {"shape": net3d.shape_distance(faces, truth_faces),
+            "mouth": pair_distance_error(landmarks, truth_landmarks, MOUTH_PAIRS, unit),
+            "eye": pair_distance_error(landmarks, truth_landmarks, EYE_PAIRS, unit)}
+
+
 def one_direction_shift(source: torch.Tensor, count: int, shift_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Δp and truth (shift units, [count, 15]) moving one random direction of each source row [count, 15]: that
     coordinate goes to a value uniform in ±shift_scale (the official `make_shift_vector_50`). Draws from torch's
@@ -640,16 +655,8 @@ class DirectionsStage(Stage):
         """The weighted total and each term of a batch, reenacting through `directions` (A or its DDP wrapper)."""
         with self.amp.autocast():
             reenacted = self._render(pairs.source_wplus, directions(pairs.delta)).float()
-        params, shape = split_reading(self.net3d.read(reenacted))
-        faces = Faces(params, self._to_shift(params), shape)
-        truth = Faces(self._from_shift(pairs.truth), pairs.truth, pairs.truth_shape)
-        landmarks = self.net3d.landmarks(faces.params, faces.shape)
-        truth_landmarks = self.net3d.landmarks(truth.params, truth.shape)
-        unit = self.net3d.landmark_unit
         terms = {
-            "shape": self.net3d.shape_distance(faces, truth),
-            "mouth": pair_distance_error(landmarks, truth_landmarks, MOUTH_PAIRS, unit),
-            "eye": pair_distance_error(landmarks, truth_landmarks, EYE_PAIRS, unit),
+            **face_terms(self.net3d, reenacted, pairs.truth, pairs.truth_shape, self.ranges, self.config.shift_scale),
             "pixel": (reenacted - pairs.target_image).abs().mean() if pairs.target_image is not None
             else reenacted.new_zeros(()),
         }
@@ -716,12 +723,12 @@ class DirectionsStage(Stage):
 
     def export(self) -> Export:
         return Export(self.A, "models.directions:DirectionMatrix", self.arguments, "A_matrix",
-                      entries=_json_entries(self.entries()))
+                      entries=json_entries(self.entries()))
 
 
 # ------------------------------------------------------------------------------------------------ entry points
 
-def _json_entries(entries: dict[str, Any]) -> dict[str, Any]:
+def json_entries(entries: dict[str, Any]) -> dict[str, Any]:
     """A's entries as safetensors metadata holds them: JSON, the ranges table's unmeasured rows (NaN) as null."""
     table = np.asarray(entries["ranges"], np.float64)
     return {**entries, "ranges": [[None if math.isnan(v) else v for v in row] for row in table.tolist()]}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -289,3 +290,57 @@ def test_cli_help_explains_the_protocols_and_the_outputs():
     for words in ("--protocol", "'cross' (random pairs of two identities)", "--truth", "truth.parquet",
                   "--frames-per-clip", "--identity", "summary.json", "names the network"):
         assert words in text, words
+
+
+# --- several weights sets --------------------------------------------------------------------------------------------
+
+def test_weights_choices_name_each_set_and_its_weights_directory():
+    from storage.weights import UnknownWeightsError
+    from tasks.evaluate import weights_choices
+
+    assert weights_choices(["demo", "joint=demo-joint@runs/j/weights", "again=demo"], "w") == {
+        "demo": ("demo", "w"), "joint": ("demo-joint", "runs/j/weights"), "again": ("demo", "w")}
+    with pytest.raises(ValueError, match="'demo' twice; give each set its own label"):
+        weights_choices(["demo", "demo@elsewhere"])
+    with pytest.raises(ValueError, match="names a folder"):
+        weights_choices(["../up=demo"])
+    with pytest.raises(UnknownWeightsError, match="no weights set named 'nope'"):
+        weights_choices(["x=nope"])
+
+
+def test_several_sets_are_evaluated_on_the_same_pairs_and_reported_side_by_side(world, tmp_path):
+    """Two labels for the same networks (the tiny demo set): two complete evaluations of the same pairs with the
+    same figures, sets.json last, and the report's table of the sets; without LPIPS it is not measured; the pixel
+    and inversion errors are measured as documented."""
+    from flows.benchmark_report import benchmark_report
+    from tasks.report import ReportConfig, load_evaluation, set_comparison
+
+    out = tmp_path / "sets"
+    result = CliRunner().invoke(app, [
+        "evaluate", "--store", str(world / "s.zarr"), "--out", str(out), "--truth", str(world / "world/truth.parquet"),
+        "--max-clips", "0", "--cross-count", "2", "--frames-per-clip", "2", "--no-fid", "--no-linearity", "--no-lpips",
+        "--samples", "1", "--embedder", "dlib", "--device", "cpu", "--weights-dir", str(world / "weights"),
+        "--weights", "demo", "--compare", f"again=demo@{world / 'weights'}"])
+    assert result.exit_code == 0, result.output
+    assert "set demo:" in result.output and "set again:" in result.output
+    assert [entry["label"] for entry in json.loads((out / "sets.json").read_text())["sets"]] == ["demo", "again"]
+    first, second = (pd.read_parquet(out / label / "frames.parquet") for label in ("demo", "again"))
+    assert first.equals(second)  # the same pairs, the same networks: the same figures
+    self_frames, cross = first[first["protocol"] == "self"], first[first["protocol"] == "cross"]
+    assert self_frames["lpips"].isna().all()  # not measured
+    assert json.loads((out / "demo" / "summary.json").read_text())["networks"]["lpips"] is None
+    assert (self_frames["pixel"] > 0).all() and (self_frames["pixel"] <= 255).all() and cross["pixel"].isna().all()
+    assert np.isfinite(first["inversion"]).all() and np.isfinite(self_frames["static_pixel"]).all()
+    for pair, rows in first.groupby("pair"):
+        assert rows["inversion"].nunique() == 1  # one value per source
+
+    loaded = load_evaluation(out)
+    assert list(loaded.sets) == ["demo", "again"] and loaded.root == out / "demo"
+    table = set_comparison(loaded, ReportConfig(resamples=200))
+    assert {"demo", "again", "doing nothing (Δp = 0)"} == set(table["set"])
+    means = table.set_index(["protocol", "set", "metric"])["mean"]
+    assert means[("self", "demo", "pixel")] == pytest.approx(self_frames["pixel"].mean())
+    assert means[("self", "doing nothing (Δp = 0)", "pixel")] == pytest.approx(self_frames["static_pixel"].mean())
+    assert means[("cross", "again", "csim")] == means[("cross", "demo", "csim")] > 0
+    page = Path(benchmark_report(evaluation=str(out), config=ReportConfig(resamples=200)).report).read_text()
+    assert "Weights sets compared" in page and "doing nothing (Δp = 0)" in page and "inversion error" in page

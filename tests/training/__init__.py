@@ -102,3 +102,20 @@ def write_world(root, generator, net3d=None, clips: int = 2, frames: int = FRAME
         readings.append(params[:, :NUM_PARAMS])
     np.save(store.root / f"ranges-{net3d.name}.npy", ParamRanges.measure(np.concatenate(readings)).table)
     return store
+
+
+def assert_resume_is_bitwise(train, config_at, stop_after: int, networks: tuple[str, ...],
+                             optimisers: tuple[str, ...]) -> None:
+    """A run stopped after `stop_after` steps and resumed ends with bit for bit the networks and optimiser moments
+    of an unbroken one: `train(config, stop_after=None)` is the stage's entry point, `config_at(name)` its config
+    with the run folder `name`."""
+    from training.common.checkpoints import read_checkpoint
+
+    whole = train(config_at("whole"))
+    train(config_at("broken"), stop_after=stop_after)
+    resumed = train(config_at("broken"))
+    assert (resumed.start_step, resumed.steps) == (stop_after, whole.steps)
+    first, second = read_checkpoint(whole.checkpoint), read_checkpoint(resumed.checkpoint)
+    assert differing_tensors(first, second, networks) == []
+    for key in optimisers:
+        assert first[key]["state"][0]["exp_avg"].equal(second[key]["state"][0]["exp_avg"]), key
