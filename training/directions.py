@@ -74,7 +74,7 @@ from pydantic import Field, model_validator
 
 from models import MissingWeightsError
 from models.deca import INPUT_SIZE as DECA_INPUT_SIZE, DecaCode, ResnetEncoder, deca_input
-from models.directions import (NUM_EXPRESSIONS, NUM_PARAMS, SHIFT_SCALE, DirectionMatrix, ParamRanges,
+from models.directions import (NUM_EXPRESSIONS, NUM_PARAMS, SHIFT_SCALE, DirectionMatrix, ParamRanges, ShiftMap,
                                to_checkpoint, RANGES_PATH, shift_wplus)
 from models.e4e import Encoder4Editing
 from models.images import resize_to
@@ -376,12 +376,12 @@ def pair_distance_error(landmarks: torch.Tensor, truth: torch.Tensor, pairs: Seq
 
 
 def face_terms(net3d: Net3D, images: torch.Tensor, truth: torch.Tensor, truth_shape: torch.Tensor,
-               ranges: ParamRanges, shift_scale: float) -> dict[str, torch.Tensor]:
+               shift_map: ShiftMap) -> dict[str, torch.Tensor]:
     """The Net3D terms of images against the truth (shift units [B, 15], identity [B, S]): the shape term, and the
     mouth and eye landmark distances."""
     params, shape = split_reading(net3d.read(images))
-    faces = Faces(params, ranges.to_shift_space(FaceParams.from_vector(params), shift_scale), shape)
-    truth_faces = Faces(ranges.from_shift_space(truth, shift_scale).to_vector(), truth, truth_shape)
+    faces = Faces(params, shift_map.to_shift(params), shape)
+    truth_faces = Faces(shift_map.from_shift(truth), truth, truth_shape)
     landmarks = net3d.landmarks(faces.params, faces.shape)
     truth_landmarks = net3d.landmarks(truth_faces.params, truth_faces.shape)
     unit = net3d.landmark_unit
@@ -656,7 +656,7 @@ class DirectionsStage(Stage):
         with self.amp.autocast():
             reenacted = self._render(pairs.source_wplus, directions(pairs.delta)).float()
         terms = {
-            **face_terms(self.net3d, reenacted, pairs.truth, pairs.truth_shape, self.ranges, self.config.shift_scale),
+            **face_terms(self.net3d, reenacted, pairs.truth, pairs.truth_shape, self.reenactor.shift_map),
             "pixel": (reenacted - pairs.target_image).abs().mean() if pairs.target_image is not None
             else reenacted.new_zeros(()),
         }

@@ -53,7 +53,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from models import MissingWeightsError
-from models.directions import (NUM_PARAMS, SHIFT_SCALE, DirectionMatrix, FaceParams, ParamRanges, from_checkpoint,
+from models.directions import (NUM_PARAMS, SHIFT_SCALE, DirectionMatrix, ParamRanges, from_checkpoint,
                                shift_wplus, to_checkpoint)
 from models.e4e import Encoder4Editing
 from models.images import resize_to
@@ -265,7 +265,7 @@ class JointStage(Stage):
         return np.asarray(out)
 
     def _to_shift(self, params: torch.Tensor) -> torch.Tensor:
-        return self.ranges.to_shift_space(FaceParams.from_vector(params), self.shift_scale)
+        return self.reenactor.shift_map.to_shift(params)
 
     def render(self, wplus: torch.Tensor) -> torch.Tensor:
         """G(trunc(W+)) with G's stored noise, as the Reenactor renders."""
@@ -313,7 +313,7 @@ class JointStage(Stage):
         """Pixel and LPIPS against the target (pairs of one clip), identity against the source, the Net3D terms
         against p_t (every pair)."""
         same = pairs.same
-        terms = face_terms(self.net3d, reenacted, pairs.truth, pairs.truth_shape, self.ranges, self.shift_scale)
+        terms = face_terms(self.net3d, reenacted, pairs.truth, pairs.truth_shape, self.reenactor.shift_map)
         terms["pixel"] = (reenacted[same] - pairs.target[same]).abs().mean() if same.any() \
             else reenacted.new_zeros(())
         if self.perceptual is not None and self.weights["lpips"] and same.any():

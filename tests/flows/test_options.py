@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from flows.cli import FLOWS, _flow_command, _load, app
 from flows.options import _model_class, flow_settings
+from storage.weights import AUTO_SET, choose_set
 
 
 def _fields(model: type[BaseModel], prefix: tuple[str, ...]) -> dict[tuple[str, ...], object]:
@@ -88,7 +89,8 @@ def test_show_config_resolves_file_and_options_with_the_options_winning(tmp_path
     resolved = yaml.safe_load(result.output)
     assert resolved["driving"] == "clip.mp4" and resolved["output"] == "out.mp4" and resolved["mode"] == "self"
     assert resolved["config"]["tune_steps"] == 7 and resolved["config"]["crf"] == 20
-    assert resolved["config"]["weights"] == "voxceleb256"  # the model's default, not restated by the command line
+    # the model's default ('auto', resolved to the set it stands for), not restated by the command line
+    assert resolved["config"]["weights"] == choose_set(AUTO_SET)[0]
 
 
 def test_one_option_sets_every_model_that_shares_the_field():
