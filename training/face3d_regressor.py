@@ -32,15 +32,9 @@ from models.directions import NUM_PARAMS, PARAM_NAMES
 from models.face3d.regressor import (CROP_PER_EXTENT, DEFAULT_WEIGHTS, SHAPE_SIZE, Face3DRegressor, crop_boxes,
                                      regressor_input, save_regressor)
 from models.synth.head import EXPRESSION_NAMES, SHAPE_NAMES, sample_identity
+from models.synth.motion import EXPRESSION_RANGES, JAW_RANGE  # noqa: F401  (training covers them uniformly)
 from models.synth.render import render_with_landmarks
 
-# Ranges the synthetic clips (models.synth.motion) give each expression; training covers them uniformly.
-EXPRESSION_RANGES = {
-    "smile": (-0.5, 1.0), "mouth_stretch": (-1.0, 1.0), "lip_pucker": (-1.0, 1.0), "upper_lip_raise": (-1.0, 1.0),
-    "lower_lip_depress": (-1.0, 1.0), "eye_close_left": (-0.3, 1.0), "eye_close_right": (-0.3, 1.0),
-    "brow_raise": (-0.6, 1.0), "brow_frown": (-0.7, 1.0), "cheek_puff": (-0.5, 0.5), "mouth_sideways": (-0.6, 0.6),
-}
-JAW_RANGE = (0.0, 0.35)
 OUTPUT_NAMES = (*PARAM_NAMES, *(f"shape_{name}" for name in SHAPE_NAMES))
 HELDOUT_SEED = 20_240_501  # the fixed evaluation renders: never drawn by training (it seeds from `seed`)
 

@@ -18,10 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.directions import PARAM_NAMES
 from models.synth.head import sample_identity
-from models.synth.motion import clip_motion
+from models.synth.motion import clip_motion, sweep_motion
 
 RENDER_VERSION = 1  # bump when the same seeds would give different pictures or parameters
 FPS = 25.0
+SWEEP_KEY = 1_000_000  # in a sweep clip's seed where a talking clip has its video number
 
 
 class SynthConfig(BaseModel):
@@ -35,6 +36,8 @@ class SynthConfig(BaseModel):
     min_seconds: float = Field(2.0, gt=0, description="Shortest clip, in seconds.")
     max_seconds: float = Field(8.0, gt=0, description="Longest clip, in seconds.")
     seed: int = Field(0, ge=0, description="Seed of the whole world: identities, clip lengths and motion.")
+    sweep_clips_per_identity: int = Field(0, ge=0, description="Sweep clips per person besides the videos: the head still, one parameter sweeping its whole range (each person's sweeps take the next parameters in turn), so two frames differ in that one only.")
+    sweep_seconds: float = Field(1.2, gt=0, description="Length of a sweep clip, in seconds.")
     crf: int = Field(20, ge=0, le=51, description="x264 quality (lower is better, larger files).")
 
     @model_validator(mode="after")
@@ -54,16 +57,21 @@ class ClipPlan:
     identity_seed: int
     clip_seed: int
     frames: int
+    sweep: int | None = None  # a sweep clip moves this parameter (an index of PARAM_NAMES) alone
 
     def path(self, root: str | Path) -> Path:
         return Path(root) / self.identity / self.video / f"{self.clip}.mp4"
 
     def fingerprint(self, config: SynthConfig) -> str:
         fields = {**asdict(self), "fps": FPS, "crf": config.crf, "version": RENDER_VERSION}
+        if self.sweep is None:
+            del fields["sweep"]  # the fingerprints of talking clips stay what they were before sweeps existed
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
     def params(self) -> np.ndarray:
         """The clip's true parameters, float32 [frames, 15] in `PARAM_NAMES` order."""
+        if self.sweep is not None:
+            return sweep_motion(self.clip_seed, self.frames, self.sweep)
         return clip_motion(self.clip_seed, self.frames, FPS)
 
 
@@ -72,7 +80,8 @@ def _seed(*keys: int) -> int:
 
 
 def plan_world(config: SynthConfig) -> list[ClipPlan]:
-    """Every clip of the world, in VoxCeleb naming: id00001/<11-character video id>/00001.mp4."""
+    """Every clip of the world, in VoxCeleb naming: id00001/<11-character video id>/00001.mp4; a person's sweep
+    clips follow as id00001/sweepNNNNNN/00001.mp4, the first moving parameter (person * sweeps) mod 15."""
     alphabet = np.array(list(string.ascii_letters + string.digits + "-_"))
     plans = []
     for i in range(config.identities):
@@ -84,6 +93,11 @@ def plan_world(config: SynthConfig) -> list[ClipPlan]:
                 seconds = rng.uniform(config.min_seconds, config.max_seconds)
                 plans.append(ClipPlan(f"id{i + 1:05d}", video, f"{c + 1:05d}", identity_seed,
                                       _seed(config.seed, i, v, c), max(int(round(seconds * FPS)), 1)))
+        for k in range(config.sweep_clips_per_identity):
+            parameter = (i * config.sweep_clips_per_identity + k) % len(PARAM_NAMES)
+            plans.append(ClipPlan(f"id{i + 1:05d}", f"sweep{k + 1:06d}", "00001", identity_seed,
+                                  _seed(config.seed, i, SWEEP_KEY, k), max(int(round(config.sweep_seconds * FPS)), 1),
+                                  parameter))
     return plans
 
 
