@@ -461,13 +461,17 @@ _training_command(
 def train_demo_weights_command(
     work: Path = typer.Option(Path("outputs/demo-weights"), help="Folder for the worlds, stores, runs and weights."),
     install: bool = typer.Option(False, help="Copy the trained set and its provenance into models/data/demo."),
+    configs: str = typer.Option("cpu", help="Config set: 'cpu' (training/configs/demo-<stage>.yaml, the bundled set's) or 'gpu' (demo-gpu-<stage>.yaml: G at 128 px, long runs)."),
+    world: str = typer.Option("video", help="'video': the world as mp4s, preprocessed with dlib like real data; 'direct': rendered straight into the store with its true landmarks."),
 ) -> None:
-    """Reproduce the bundled demo set: synthetic world, preprocess, train G, the encoder and A with the configs in
-    training/configs/demo-*.yaml, then measure them on held-out synthetic people (resumes what it finished)."""
+    """Reproduce the bundled demo set: synthetic world, preprocess, train G, the encoder, A and the Feature
+    Transformer with the configs in training/configs/demo-*.yaml, then measure them on held-out synthetic people
+    (resumes what it finished). Without Prefect, stage by stage (e.g. on a GPU machine): python -m
+    training.demo_recipe --help."""
     from flows.train_demo_weights import train_demo_weights
 
     with user_errors():
-        summary = train_demo_weights(work=str(work), install=install)
+        summary = train_demo_weights(work=str(work), install=install, configs=configs, world=world)
     console.print(f"weights:    {Path(summary.weights_dir).resolve()}")
     console.print(f"provenance: {Path(summary.provenance).resolve()}")
     if summary.installed:
