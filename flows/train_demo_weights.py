@@ -120,11 +120,13 @@ def heldout_figures(summary_path: Path) -> dict[str, Any]:
     return figures
 
 
-def self_reenactment_error(store_path: str | Path, weights_dir: str | None = None) -> dict[str, float]:
+def self_reenactment_error(store_path: str | Path, weights_dir: str | None = None,
+                           feature_transformer: str | None = None) -> dict[str, float]:
     """Mean absolute pixel error (of 255) of every held-out clip reenacted from its own first frame against its
-    real frames: over frames 1.. (`self_pixel_error`) and on frame 0, the source's own reconstruction."""
+    real frames: over frames 1.. (`self_pixel_error`) and on frame 0, the source's own reconstruction
+    (`feature_transformer`: 'none' for G alone; default the set's)."""
     store = ClipStore.open(store_path, create=False)
-    config = ReenactConfig(weights="demo", weights_dir=weights_dir)
+    config = ReenactConfig(weights="demo", weights_dir=weights_dir, feature_transformer=feature_transformer)
     later, first = [], []
     for key in store.clips():
         source, driving = prepare_inputs(f"{CLIP_PREFIX}{key}", None, 0, "self", config, store)
