@@ -18,11 +18,12 @@ stage=${1:?stage: generator, encoder, encode, directions or feature-transformer}
 minutes=${2:?minutes of training}
 shift 2
 out=${OUT:-gpu-out}
-work=${WORK:-/tmp/demo-gpu}
+work=${WORK:-outputs/demo-gpu}  # inside the checkout (outputs/ is ignored): kept while the machine stays warm
+site=$PWD/outputs/gpu-site
 mkdir -p "$out"
 exec > >(tee "$out/log.txt") 2>&1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl
+export PYTHONPATH=$site:$PWD PYTHONUNBUFFERED=1
 recipe() { python3 -m training.demo_recipe --work "$work" --configs gpu "$@"; }
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader || true
 if compgen -G ".gpu-carry/*.tar.part00" > /dev/null; then recipe --unpack .gpu-carry; fi

@@ -1,7 +1,7 @@
 """Train the synthetic-world face3d regressor (`models.face3d.regressor`) on renders made while it trains.
 
     python -m training.face3d_regressor --install                # the shipped recipe: 14 min on 2 CPU cores
-    python -m training.face3d_regressor --steps 200 --out /tmp/r  # a quick look
+    python -m training.face3d_regressor --steps 200 --out outputs/regressor  # a quick look
 
 The learning rate (warm-up, then cosine) runs on whichever budget ends first, `steps` or `max_minutes`, so a busy
 machine still anneals fully; it just takes fewer steps (the shipped weights: 11,125 steps, 22k renders, 14 min on a
