@@ -12,8 +12,9 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.summary import publish
-from flows.train_demo_weights import _install_file
+from storage.weights import WEIGHT_FILES
 from training.common.loop import TrainingSummary, run_stage
+from training.demo_recipe import copy_whole
 from training.joint import JointTrainingConfig, exports_of
 from training.joint import train_joint as run_joint_training
 
@@ -28,7 +29,7 @@ def train_joint(config: JointTrainingConfig = JointTrainingConfig(), processes: 
     if config.install_dir and summary.steps == config.steps:
         exports = exports_of(summary.out)
         for path, name in ((exports.encoder, "demo-joint-encoder"), (exports.directions, "demo-joint-directions")):
-            _install_file(str(path), Path(config.install_dir), name)
+            copy_whole(Path(path), Path(config.install_dir) / WEIGHT_FILES[name].filename)
         get_run_logger().info("installed the demo-joint set in %s", config.install_dir)
     publish(summary, "train-joint", link=summary.export or summary.weights)
     return summary

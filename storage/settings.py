@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from importlib import metadata
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -25,3 +26,11 @@ def apply_prefect_defaults() -> None:
 def default_weights_dir() -> Path:
     """Weights live in $REENACT_WEIGHTS_DIR, else `weights/` beside the project's local state."""
     return Path(os.environ.get("REENACT_WEIGHTS_DIR") or state_dir() / "weights")
+
+
+def code_version() -> str:
+    """The installed face-reenact version (what the store's stages record as the code that wrote them)."""
+    try:
+        return metadata.version("face-reenact")
+    except metadata.PackageNotFoundError:
+        return "unknown"

@@ -11,6 +11,8 @@ generated frame is measured against its driving frame, which in self-reenactment
 
     csim            identity embedding of the result vs the source crop
     csim_driving    ... vs the driving frame (self: the ground truth; cross: how much of the driver's identity leaks)
+    identity_retrieval  1 when the result's identity embedding is nearest to the source among one face of every
+                    person of the split (`identity_gallery`), else 0; NaN for a source outside the store
     lpips           result vs the driving frame (self only: cross has no ground truth; NaN with lpips=False)
     pixel           mean |result - driving frame| of 0-255 pixels at the 256 crop (self only); static_pixel: the
                     Δp = 0 render's
@@ -70,8 +72,9 @@ from storage.store import ClipKey, ClipStore
 from storage.weights import UnknownWeightsError, reenaction_set
 from tasks.encode import ranges_path
 from tasks.metrics import (DEFAULT_MAGNITUDES, MetricsConfig, csim, distribution_scores, expression_distance,
-                           fit_linearity, inception_features, lpips, metric_networks, pose_distance, sweep_directions)
-from tasks.preprocess import code_version
+                           fit_linearity, identity_retrieval, inception_features, lpips, metric_networks,
+                           pose_distance, sweep_directions)
+from storage.settings import code_version
 from tasks.protocols import ReenactPair, cross_pairs, self_pairs, split_clips, write_pairs
 from models.images import resize_to, to_pixels
 from tasks.reenact import (CLIP_PREFIX, CROP_SIZE, ReenactConfig, ReenactInputError, SourceFace, networks_for,
@@ -84,8 +87,8 @@ FOUND_COLUMNS = ["result_found", "static_found", "driving_found"]  # the Net3D r
 PAIR_COLUMNS = ["protocol", "pair", "source", "driving"]
 DISTRIBUTION_COLUMNS = ["protocol", "fid", "kid_mean", "kid_std", "kid_subsets", "kid_subset_size", "n_real",
                         "n_fake", "network", "fid_method"]
-NETWORK_OF_FAMILY = {"csim": "identity", "lpips": "lpips", "apd": "net3d", "aed": "net3d", "pixel": None,
-                     "inversion": None}  # pixel differences: no network
+NETWORK_OF_FAMILY = {"csim": "identity", "retrieval": "identity", "lpips": "lpips", "apd": "net3d", "aed": "net3d",
+                     "pixel": None, "inversion": None}  # pixel differences: no network
 NOT_IN_CROSS = ("lpips", "pixel", "static_pixel")  # cross-reenactment has no ground-truth frame to compare with
 
 CONFIG_FILE, FRAMES_FILE, CLIPS_FILE = "config.json", "frames.parquet", "clips.parquet"
@@ -348,6 +351,8 @@ def evaluate_pair(pair: ReenactPair, protocol: str, config: EvaluateConfig, samp
     truth = read_truth(config.truth, key)[str(key)][frames] if config.truth is not None else None
     scores = frame_scores(results, static, real, driving.clip.landmarks.oindex[frames], source.crop, protocol, config,
                           truth, inversion(source, config.reenact))
+    scores["identity_retrieval"] = retrieval_scores(results, identity_gallery(store, config, source_name(pair),
+                                                                              source.crop), config)
     ids = pd.DataFrame({"protocol": protocol, "pair": pair.name, "source": source_name(pair),
                         "source_frame": pair.source_frame, "driving": pair.driving, "frame": frames})
     if sample:
@@ -359,6 +364,34 @@ def evaluate_pair(pair: ReenactPair, protocol: str, config: EvaluateConfig, samp
         evaluation.result_features = inception_features(inception, results, batch)
         evaluation.real_features = inception_features(inception, real, batch)
     return evaluation
+
+
+def identity_gallery(store: ClipStore, config: EvaluateConfig, source: str,
+                     source_crop: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """One face per person of the split for identity retrieval, and the source's place among them: the source
+    crop for its own person, the first frame of the first clip for every other; None when the source is not a
+    clip of the store (a photo, a video file)."""
+    if not source.startswith(CLIP_PREFIX):
+        return None
+    own = ClipKey.parse(source.removeprefix(CLIP_PREFIX)).identity
+    firsts: dict[str, ClipKey] = {}
+    for key in split_clips(store, config.identities):
+        firsts.setdefault(key.identity, key)
+    if own not in firsts:
+        return None
+    people = sorted(firsts)
+    faces = [source_crop if person == own else store.clip(firsts[person]).frames(0, 1)[0] for person in people]
+    return np.stack(faces), people.index(own)
+
+
+def retrieval_scores(results: np.ndarray, gallery: tuple[np.ndarray, int] | None,
+                     config: EvaluateConfig) -> np.ndarray:
+    """`identity_retrieval` per result frame (NaN without a gallery)."""
+    if gallery is None:
+        return np.full(len(results), np.nan)
+    table = identity_retrieval(metric_networks(config.metrics).identity, results, *gallery,
+                               config.metrics.batch_size).table
+    return table["identity_retrieval"].to_numpy()
 
 
 def generate(source: SourceFace, driving_params: np.ndarray, config: ReenactConfig) -> np.ndarray:

@@ -90,6 +90,20 @@ def csim(embedder: IdentityEmbedder, images: np.ndarray, references: np.ndarray,
     return PairScores("csim", embedder.name, pd.DataFrame({"csim": np.concatenate(values) if values else []}))
 
 
+def identity_retrieval(embedder: IdentityEmbedder, images: np.ndarray, gallery: np.ndarray, own: int,
+                       batch_size: int = 32) -> PairScores:
+    """Identity retrieval: 1 for each image whose identity embedding lies nearest (cosine) to gallery entry `own`
+    among all of `gallery` [G, S, S, 3] (one face per person: the source's own at `own`), else 0; the mean is the
+    share of images a face recogniser would give to the right person."""
+    if not 0 <= own < len(gallery):
+        raise ValueError(f"identity retrieval: own={own} is not an entry of a gallery of {len(gallery)}")
+    people = embedder.embed(gallery)
+    values = [(embedder.embed(images[rows]) @ people.T).argmax(dim=1).eq(own).float().numpy()
+              for rows in _batches(len(images), batch_size)]
+    return PairScores("identity_retrieval", embedder.name,
+                      pd.DataFrame({"identity_retrieval": np.concatenate(values) if values else []}))
+
+
 @torch.no_grad()
 def lpips(network: LPIPS, images: np.ndarray, references: np.ndarray, batch_size: int = 16) -> PairScores:
     """LPIPS of each image and its reference (0 for the same image)."""

@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 import traceback
-from importlib import metadata
 
 import numpy as np
 from prefect import task
@@ -26,6 +25,7 @@ from models.temporal import nearest_true
 from storage.inputs import ClipSource
 from storage.manifest import finish_row, record_row
 from storage.networks import face_detector
+from storage.settings import code_version
 from storage.store import ArraySpec, ClipStore, StoreError
 from storage.video import (TruncatedVideoError, VideoError, VideoInfo, VideoReader, count_readable, probe,
                            sha256_file)
@@ -58,13 +58,6 @@ class PreprocessConfig(BaseModel):
 
 class NoFaceError(RuntimeError):
     pass
-
-
-def code_version() -> str:
-    try:
-        return metadata.version("face-reenact")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 _detectors: dict[tuple, object] = {}

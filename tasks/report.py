@@ -79,7 +79,8 @@ class Metric:
 
 BASE_METRICS = {"csim": ("CSIM", "higher"), "csim_driving": ("CSIM to driving", "self higher; cross lower (leak)"),
                 "lpips": ("LPIPS", "lower"), "apd": ("APD", "lower"), "aed": ("AED", "lower"),
-                "pixel": ("pixel error", "lower"), "inversion": ("inversion error", "lower")}
+                "pixel": ("pixel error", "lower"), "inversion": ("inversion error", "lower"),
+                "identity_retrieval": ("identity retrieval", "higher")}
 PREFIXES = {"truth_": " vs truth", "driving_truth_": ", Net3D vs truth"}  # the synthetic world's true parameters
 NOT_METRICS = set(FRAME_ID_COLUMNS) | set(FOUND_COLUMNS)
 

@@ -30,7 +30,9 @@ turns parameters into the landmarks of the mouth and eye terms:
   the official `calculate_shape_loss` and `landmarks2d`. Weights: registry 'deca', 'flame' (+ its landmark
   embedding) in `weights_dir`; the store's face3d stage must be DECA's, with its 100 identity columns.
 - `synth-regressor` (the synthetic world's, `SynthNet3D`): the world has no FLAME mesh, so shape = mean L1 of the
-  15 parameters in A's shift units (every coordinate spans ±shift_scale), and the 68 landmarks come from the
+  15 parameters in A's shift units (every coordinate spans ±shift_scale), or with `synth_shape=landmarks` of the
+  head's 68 posed 3D landmarks (the vertex L1's analogue: a parameter counts by how far it moves the face, so the
+  readings of expressions too small to see do not weigh like the pose), and the 68 landmarks come from the
   synthetic head (`models.synth.head`: base + jaw * jaw basis + expressions @ expression basis, posed and
   projected by the renderer's camera, mean identity), pair distances in units of half the 256 frame.
 
@@ -129,6 +131,7 @@ class DirectionsTrainingConfig(TrainingConfig):
     lr: float = Field(1e-4, gt=0, description="Adam learning rate (official: 1e-4).")
     weight_decay: float = Field(5e-4, ge=0, description="Adam weight decay (official: 5e-4).")
     shape_weight: float = Field(1.0, ge=0, description="Weight of the paper's 3DMM shape term: FLAME's vertex L1 with face3d=deca, the parameter L1 with synth-regressor (see the module docstring).")
+    synth_shape: Literal["params", "landmarks"] = Field("params", description="face3d=synth-regressor: the shape term as the L1 of the 15 parameters in shift units (each counts alike), or of the synthetic head's 68 landmarks in 3D, posed, in units of half the frame (what FLAME's vertex L1 is for DECA: each parameter counts by how far it moves the face).")
     mouth_weight: float = Field(1.0, ge=0, description="Weight of the mouth landmark distances.")
     eye_weight: float = Field(1.0, ge=0, description="Weight of the eye landmark distances.")
     identity_weight: float = Field(10.0, ge=0, description="Weight of the ArcFace identity loss (official: 10); 0 with a note when model_ir_se50.pth is absent.")
@@ -212,25 +215,29 @@ class SynthNet3D:
     shape_size = 0
     landmark_unit = FRAME / 2  # pair distances in units of half the frame
 
-    def __init__(self, network: Face3DRegressor, device: torch.device):
+    def __init__(self, network: Face3DRegressor, device: torch.device, shape_term: str = "params"):
         self.network = network.to(device).eval()
+        self.shape_term = shape_term
         requires_grad(self.network, False)
         self.base = torch.as_tensor(LANDMARKS_3D, device=device)
         self.jaw_basis = torch.as_tensor(JAW_BASIS, device=device)
         self.expression_basis = torch.as_tensor(EXPRESSION_BASIS, device=device)
 
-        self.camera = CAMERA
         self.head_position = torch.as_tensor(HEAD_POSITION, dtype=torch.float32, device=device)
         self.frontal_box = self.boxes(self.landmarks(torch.zeros(1, NUM_PARAMS, device=device)))
 
-    def landmarks(self, params: torch.Tensor, shape: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, 68, 2] pixels of the 256 frame for parameters [B, 15] (differentiable; the mean identity)."""
+    def camera_points(self, params: torch.Tensor) -> torch.Tensor:
+        """[B, 68, 3] the mean head's landmarks for parameters [B, 15], posed in camera space (metres)."""
         points = (self.base + params[:, 3, None, None] * self.jaw_basis
                   + torch.einsum("be,enc->bnc", params[:, 4:], self.expression_basis))
-        camera = points @ _rotation(params).transpose(1, 2) + self.head_position
-        depth = self.camera.distance - camera[..., 2]
-        u = self.camera.centre + self.camera.focal * camera[..., 0] / depth
-        v = self.camera.centre - self.camera.focal * camera[..., 1] / depth
+        return points @ _rotation(params).transpose(1, 2) + self.head_position
+
+    def landmarks(self, params: torch.Tensor, shape: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, 68, 2] pixels of the 256 frame for parameters [B, 15] (differentiable; the mean identity)."""
+        camera = self.camera_points(params)
+        depth = CAMERA.distance - camera[..., 2]
+        u = CAMERA.centre + CAMERA.focal * camera[..., 0] / depth
+        v = CAMERA.centre - CAMERA.focal * camera[..., 1] / depth
         return torch.stack([u, v], -1)
 
     @staticmethod
@@ -251,7 +258,11 @@ class SynthNet3D:
         return self.network(regressor_input(pixels, boxes))[:, :NUM_PARAMS]
 
     def shape_distance(self, reenacted: Faces, truth: Faces) -> torch.Tensor:
-        """Mean |reenacted - truth| of the 15 parameters in shift units."""
+        """Mean |reenacted - truth| of the 15 parameters in shift units, or (shape_term 'landmarks') of the posed
+        3D landmarks in units of half the frame (metres times the camera's pixels per metre at the head)."""
+        if self.shape_term == "landmarks":
+            scale = CAMERA.focal / CAMERA.distance / self.landmark_unit
+            return (self.camera_points(reenacted.params) - self.camera_points(truth.params)).abs().mean() * scale
         return (reenacted.shift - truth.shift).abs().mean()
 
 
@@ -351,7 +362,7 @@ def build_net3d(config: DirectionsTrainingConfig, device: torch.device) -> Net3D
     if config.face3d == "deca":
         return load_deca_net3d(registry, device)
     spec = config.face3d_weights or networks.REGRESSOR
-    return SynthNet3D(registry.load_spec(spec, expect=networks.REGRESSOR_BUILDER)[0], device)
+    return SynthNet3D(registry.load_spec(spec, expect=networks.REGRESSOR_BUILDER)[0], device, config.synth_shape)
 
 
 # ------------------------------------------------------------------------------------------------------ losses

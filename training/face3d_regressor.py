@@ -1,7 +1,7 @@
 """Train the synthetic-world face3d regressor (`models.face3d.regressor`) on renders made while it trains.
 
     python -m training.face3d_regressor --install                # the shipped recipe: 14 min on 2 CPU cores
-    python -m training.face3d_regressor --steps 200 --out /tmp/r  # a quick look
+    python -m training.face3d_regressor --steps 200 --out outputs/regressor  # a quick look
 
 The learning rate (warm-up, then cosine) runs on whichever budget ends first, `steps` or `max_minutes`, so a busy
 machine still anneals fully; it just takes fewer steps (the shipped weights: 11,125 steps, 22k renders, 14 min on a
@@ -31,19 +31,13 @@ from models.detect.align import CROP_PER_EXTENT as PAPER_CROP_PER_EXTENT
 from models.directions import NUM_PARAMS, PARAM_NAMES
 from models.face3d.regressor import CROP_PER_EXTENT, SHAPE_SIZE, Face3DRegressor, crop_boxes, regressor_input
 from models.synth.head import EXPRESSION_NAMES, SHAPE_NAMES, sample_identity
+from models.synth.motion import EXPRESSION_RANGES, JAW_RANGE  # noqa: F401  (training covers them uniformly)
 from models.synth.render import render_with_landmarks
 from storage.checkpoints import save_safetensors
 from storage.weights import BUNDLED_DIR, WEIGHT_FILES
 
 INSTALLED = BUNDLED_DIR / WEIGHT_FILES["face3d-synth-regressor"].filename  # what --install replaces
 
-# Ranges the synthetic clips (models.synth.motion) give each expression; training covers them uniformly.
-EXPRESSION_RANGES = {
-    "smile": (-0.5, 1.0), "mouth_stretch": (-1.0, 1.0), "lip_pucker": (-1.0, 1.0), "upper_lip_raise": (-1.0, 1.0),
-    "lower_lip_depress": (-1.0, 1.0), "eye_close_left": (-0.3, 1.0), "eye_close_right": (-0.3, 1.0),
-    "brow_raise": (-0.6, 1.0), "brow_frown": (-0.7, 1.0), "cheek_puff": (-0.5, 0.5), "mouth_sideways": (-0.6, 0.6),
-}
-JAW_RANGE = (0.0, 0.35)
 OUTPUT_NAMES = (*PARAM_NAMES, *(f"shape_{name}" for name in SHAPE_NAMES))
 HELDOUT_SEED = 20_240_501  # the fixed evaluation renders: never drawn by training (it seeds from `seed`)
 

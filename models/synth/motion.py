@@ -5,6 +5,11 @@
 sinusoids below 0.6 Hz): yaw within about ±30°, pitch ±15°, roll ±10°. Speech alternates with pauses; while
 speaking the jaw opens and closes at a syllable rate of 3-6 Hz with a new depth and lip shape per syllable.
 Blinks come at random (about one every 3 s) and last 150-300 ms.
+
+Talking moves the face little: one standard deviation of an expression moves the landmarks by 0.3-2.5 px of the
+256 crop (the jaw 5 px, yaw 18 px). `sweep_motion(seed, frames, parameter)` is a clip of another kind: the head
+holds still at a resting pose with a neutral face while one parameter sweeps its whole range (`PARAM_LIMITS`)
+and back, so two of its frames differ in that one parameter only, by up to 8-15 px for an expression.
 """
 
 from __future__ import annotations
@@ -16,6 +21,14 @@ from models.synth.head import EXPRESSION_NAMES
 
 POSE_LIMITS = (32.0, 16.0, 10.0)  # |yaw|, |pitch|, |roll| never exceed these (degrees)
 JAW_MAX = 0.35
+JAW_RANGE = (0.0, JAW_MAX)
+EXPRESSION_RANGES = {  # the bounds clips give each expression
+    "smile": (-0.5, 1.0), "mouth_stretch": (-1.0, 1.0), "lip_pucker": (-1.0, 1.0), "upper_lip_raise": (-1.0, 1.0),
+    "lower_lip_depress": (-1.0, 1.0), "eye_close_left": (-0.3, 1.0), "eye_close_right": (-0.3, 1.0),
+    "brow_raise": (-0.6, 1.0), "brow_frown": (-0.7, 1.0), "cheek_puff": (-0.5, 0.5), "mouth_sideways": (-0.6, 0.6),
+}
+PARAM_LIMITS = (*((-limit, limit) for limit in POSE_LIMITS), JAW_RANGE,
+                *(EXPRESSION_RANGES[name] for name in EXPRESSION_NAMES))  # [15] (low, high) in PARAM_NAMES order
 
 
 def band_limited(rng: np.random.Generator, t: np.ndarray, max_hz: float, waves: int = 4) -> np.ndarray:
@@ -100,3 +113,18 @@ def _events(rng: np.random.Generator, frames: int, fps: float, rate_hz: float, h
                                     rng.uniform(0.5, 1.0, count)):
         signal += height * scale * np.exp(-0.5 * ((np.arange(frames) - centre) / width) ** 2)
     return signal
+
+
+def sweep_motion(seed: int, frames: int, parameter: int) -> np.ndarray:
+    """The 15 parameters [frames, 15] of a sweep clip: a resting pose (yaw within ±12°, pitch ±5°, roll ±4°), the
+    jaw nearly closed and the other expressions near neutral, all still, while `parameter` (an index of
+    `PARAM_NAMES`) goes from a random point of its `PARAM_LIMITS` over the whole range and back (a cosine)."""
+    rng = np.random.default_rng(seed)
+    params = np.zeros((frames, 15), np.float32)
+    params[:, :3] = rng.uniform([-12, -5, -4], [12, 5, 4])
+    params[:, 3] = rng.uniform(0.0, 0.05)
+    params[:, 4:] = rng.normal(0.0, 0.05, len(EXPRESSION_NAMES))
+    low, high = PARAM_LIMITS[parameter]
+    phase = rng.uniform(0, 2 * np.pi) + 2 * np.pi * np.arange(frames) / max(frames, 1)
+    params[:, parameter] = low + (high - low) * (1 - np.cos(phase)) / 2
+    return np.clip(params, *np.array(PARAM_LIMITS, np.float32).T)

@@ -13,8 +13,9 @@ from models.directions import NUM_PARAMS
 from models.flame import euler_from_axis_angle
 from models.synth.head import (EXPRESSION_NAMES, LANDMARKS_3D, RIGHT_EYE, LEFT_EYE, landmarks_3d, mean_identity,
                                rotation_matrix, sample_identity)
-from models.synth.motion import JAW_MAX, POSE_LIMITS, clip_motion
+from models.synth.motion import JAW_MAX, PARAM_LIMITS, POSE_LIMITS, clip_motion, sweep_motion
 from models.synth.render import CAMERA, project, render, render_with_landmarks
+from models.synth.world import SynthConfig, plan_world
 
 
 def _params(yaw=0.0, pitch=0.0, roll=0.0, jaw=0.0, **expressions) -> np.ndarray:
@@ -130,3 +131,26 @@ def test_dlib_finds_the_faces_and_their_landmarks():
             faces = detector.detect(image[None])[0]
             assert len(faces) == 1
             assert np.linalg.norm(faces[0].landmarks - true, axis=-1).mean() < 8  # pixels
+
+
+def test_a_sweep_clip_moves_one_parameter_over_its_whole_range():
+    for parameter in (0, 3, 4, 9, 14):
+        params = sweep_motion(11, 30, parameter)
+        still = np.delete(params, parameter, axis=1)
+        assert np.ptp(still, axis=0).max() == 0  # everything else holds still
+        low, high = PARAM_LIMITS[parameter]
+        assert params[:, parameter].min() < low + 0.05 * (high - low)
+        assert params[:, parameter].max() > high - 0.05 * (high - low)
+        assert np.all((params >= np.array(PARAM_LIMITS).T[0] - 1e-6) & (params <= np.array(PARAM_LIMITS).T[1] + 1e-6))
+
+
+def test_sweep_clips_join_a_world_without_changing_its_talking_clips():
+    talking = SynthConfig(identities=3, videos_per_identity=1, clips_per_video=2, min_seconds=1, max_seconds=2, seed=4)
+    swept = talking.model_copy(update={"sweep_clips_per_identity": 6, "sweep_seconds": 1.0})
+    plans, with_sweeps = plan_world(talking), plan_world(swept)
+    assert [plan for plan in with_sweeps if plan.sweep is None] == plans
+    assert [p.fingerprint(swept) for p in with_sweeps if p.sweep is None] == [p.fingerprint(talking) for p in plans]
+    sweeps = [plan for plan in with_sweeps if plan.sweep is not None]
+    assert len(sweeps) == 18 and sorted({plan.sweep for plan in sweeps}) == list(range(NUM_PARAMS))
+    assert all(plan.frames == 25 and plan.video.startswith("sweep") and len(plan.video) == 11 for plan in sweeps)
+    assert sweeps[0].params()[:, sweeps[0].sweep].std() > 0

@@ -19,7 +19,8 @@ from models.synth.render import render, render_with_landmarks
 from storage import networks as registry_networks
 from storage.weights import WEIGHT_FILES, WeightsRegistry
 from tasks.metrics import (MetricNetworks, MetricsConfig, csim, distribution_scores, expression_distance,
-                           fit_linearity, inception_features, lpips, pose_distance, sweep_directions)
+                           fit_linearity, identity_retrieval, inception_features, lpips, pose_distance,
+                           sweep_directions)
 from training.face3d_regressor import EXPRESSION_RANGES, JAW_RANGE
 
 
@@ -63,6 +64,19 @@ def test_csim_of_identical_images_is_one_and_carries_the_embedder_name(faces):
     np.testing.assert_allclose(values[:2], 1.0, atol=1e-6)
     assert values[2] < 0.99  # two different people
     assert scores.summary()["network"] == "dlib" and scores.summary()["pairs"] == 3
+
+
+def test_identity_retrieval_gives_each_face_to_its_own_person(faces):
+    embedder = build_identity("dlib")
+    gallery = np.concatenate([faces, render(sample_identity(3), params_at([(0, 0, 0)]))])  # three people, frontal
+    turned = np.concatenate([render(sample_identity(seed), params_at([(12, 4, 0), (-10, 0, 3)])) for seed in (1, 2)])
+    own = identity_retrieval(embedder, turned[:2], gallery, own=0, batch_size=1)  # person 1 among the three
+    other = identity_retrieval(embedder, turned[2:], gallery, own=0)  # person 2's faces are not person 1's
+    assert own.metric == "identity_retrieval" and own.network == "dlib"
+    assert own.table["identity_retrieval"].tolist() == [1.0, 1.0]
+    assert other.table["identity_retrieval"].tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match="gallery of 3"):
+        identity_retrieval(embedder, turned, gallery, own=3)
 
 
 def test_lpips_scores_of_pixels_equal_the_network_on_signed_images(faces):
