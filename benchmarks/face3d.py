@@ -88,7 +88,7 @@ def accuracy(count: int) -> None:
     columns = {name: estimate.to_array()[:, :15] for name, (estimate, _) in runs.items()}
     truths = {name: targets[rows, :15] for name, (_, rows) in runs.items()}
     mae_table(columns, truths)
-    for name, (estimate, rows) in runs.items():
+    for name, (estimate, _rows) in runs.items():
         print(f"{name}: found {int(estimate.found.sum())}/{len(estimate)}")
     shape_error = np.abs(runs["cnn: true crop"][0].shape.numpy() - targets[:, 15:]).mean(axis=0)
     print("regressor shape MAE:", {name: round(float(v), 3) for name, v in zip(OUTPUT_NAMES[15:], shape_error)})

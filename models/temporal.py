@@ -8,7 +8,8 @@ it, so a centred filter fits: it removes frame-to-frame estimation noise without
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterable, Iterator, Literal
+from typing import Literal
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d

@@ -25,7 +25,7 @@ import threading
 import time
 import traceback
 from contextlib import ExitStack, nullcontext
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Literal
 
@@ -183,7 +183,7 @@ def _encode_frames(clip, writers: dict, encoders: Encoders, config: EncodeConfig
         if INVERSION in writers:
             arrays["wplus"][start:stop] = encoders.invert(crops)
     common = {"code_version": code_version(), "encode_version": ENCODE_VERSION,
-              "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+              "written_at": datetime.now(UTC).isoformat(timespec="seconds")}
     if FACE3D in writers:
         writers[FACE3D].set_attrs(
             config_hash=encoders.hashes[FACE3D], backend=encoders.face3d.name,

@@ -13,7 +13,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 
 def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 22) -> str:
@@ -77,7 +77,7 @@ class Lease:
         self.owner = owner
 
     @classmethod
-    def take(cls, path: str | os.PathLike) -> "Lease":
+    def take(cls, path: str | os.PathLike) -> Lease:
         lease = cls(Path(path), uuid.uuid4().hex)
         record = {"owner": lease.owner, "host": socket.gethostname(), "pid_namespace": _pid_namespace(),
                   "pid": os.getpid(), "started": time.time()}

@@ -14,9 +14,9 @@ import math
 import os
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -60,7 +60,7 @@ def finish_row(row: dict, status: str, started: float) -> dict:
     """`row` marked with its status, the seconds since `started` (a `time.perf_counter()`) and the time it ended."""
     row["status"] = status
     row["seconds_total"] = time.perf_counter() - started
-    row["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    row["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     return row
 
 

@@ -44,7 +44,8 @@ import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import zarr
@@ -125,7 +126,7 @@ class ClipKey:
                                  "not starting with '.' (ClipKey.from_names encodes any name)")
 
     @classmethod
-    def from_names(cls, identity: str, video: str, clip: str) -> "ClipKey":
+    def from_names(cls, identity: str, video: str, clip: str) -> ClipKey:
         return cls(encode_name(identity), encode_name(video), encode_name(clip))
 
     @property
@@ -133,7 +134,7 @@ class ClipKey:
         return f"{self.identity}/{self.video}/{self.clip}"
 
     @classmethod
-    def parse(cls, text: str) -> "ClipKey":
+    def parse(cls, text: str) -> ClipKey:
         parts = text.strip("/").split("/")
         if len(parts) != 3:
             raise ValueError(f"clip key must be identity/video/clip, got {text!r}")
@@ -245,7 +246,7 @@ class ClipStore:
         self.compressors = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="noshuffle")
 
     @classmethod
-    def open(cls, root: str | os.PathLike, create: bool = True, **options) -> "ClipStore":
+    def open(cls, root: str | os.PathLike, create: bool = True, **options) -> ClipStore:
         """Open a store, creating an empty one if asked; raise FileNotFoundError otherwise."""
         store = cls(root, **options)
         if not (store.root / "zarr.json").exists():
@@ -502,7 +503,7 @@ class _CheckedStore(LocalStore):
         self.store_root = store_root
         self.record = record
 
-    def with_read_only(self, read_only: bool = False) -> "_CheckedStore":
+    def with_read_only(self, read_only: bool = False) -> _CheckedStore:
         return type(self)(self.root, read_only=read_only, label=self.label, store_root=self.store_root,
                           record=self.record)
 

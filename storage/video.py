@@ -13,7 +13,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -340,7 +340,7 @@ class VideoWriter:
         self._partial = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
         self._process = None
 
-    def __enter__(self) -> "VideoWriter":
+    def __enter__(self) -> VideoWriter:
         import ffmpeg
 
         self.path.parent.mkdir(parents=True, exist_ok=True)

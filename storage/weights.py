@@ -34,7 +34,8 @@ import os
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from collections.abc import Mapping
 
 import torch
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError

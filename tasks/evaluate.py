@@ -52,7 +52,7 @@ import platform
 import re
 import shutil
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Literal
 
@@ -650,7 +650,7 @@ def environment(device: torch.device) -> dict:
             "prefect": prefect.__version__, "zarr": zarr.__version__, "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
             or platform.machine(), "code_version": code_version(), "git_commit": git_commit(),
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "time": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 def git_commit(root: Path = PROJECT_ROOT) -> str | None:

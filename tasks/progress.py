@@ -8,7 +8,7 @@ import logging
 import time
 from collections import Counter
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from prefect.futures import PrefectFuture, as_completed
 from tqdm.auto import tqdm

@@ -32,7 +32,8 @@ import weakref
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Iterator, Literal
+from typing import Literal
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -99,7 +100,7 @@ class ReenactConfig(BaseModel):
     _official_missing: list[str] = PrivateAttr(default_factory=list)  # why 'auto' chose the demo set
 
     @model_validator(mode="after")
-    def _choose_set(self) -> "ReenactConfig":
+    def _choose_set(self) -> ReenactConfig:
         """'auto' becomes the set it stands for, so that results and done-records name the networks they used;
         `networks_for` says why once, when the networks load."""
         self.weights, self._official_missing = choose_set(self.weights, self.weights_dir)

@@ -26,7 +26,8 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterable, Iterator
 
 POLL_S = 0.1
 _DONE = object()  # the end of a stage's output

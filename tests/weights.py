@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.deca import CHECKPOINT_KEY as DECA_KEY, ResnetEncoder
+from models.deca import CHECKPOINT_KEY as DECA_KEY
+from models.deca import ResnetEncoder
 from models.directions import DirectionMatrix, to_checkpoint
 from models.e4e import Encoder4Editing
 from models.stylegan2 import Generator

@@ -234,7 +234,7 @@ def train(config: RegressorTrainingConfig) -> tuple[Face3DRegressor, dict[str, f
     summary = {"train_minutes": round(minutes, 2), "steps": trained, "renders": pool.added,
                "heldout": config.eval_count, "mae": {k: round(v, 4) for k, v in errors.items()}}
     print(json.dumps(summary, indent=1))
-    final = save_regressor(network, out / "final.safetensors",
+    save_regressor(network, out / "final.safetensors",
                            metadata={"training": dataclasses.asdict(config), "summary": summary})
     if config.install:
         save_regressor(network, INSTALLED, metadata={"training": dataclasses.asdict(config), "summary": summary})

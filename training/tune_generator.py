@@ -61,7 +61,7 @@ def tuned_parameters(generator: Generator, layers: str) -> list[torch.nn.Paramet
 
 
 def tune_generator(generator: Generator, code: torch.Tensor, target: torch.Tensor, config: GeneratorTuningConfig,
-                   perceptual: "Distance | None",
+                   perceptual: Distance | None,
                    render: Callable[[Generator], torch.Tensor] | None = None) -> tuple[Generator, dict]:
     """A copy of `generator` tuned so that G(code [1, L, D]) reproduces `target` [1, 3, size, size] in [-1, 1].
 

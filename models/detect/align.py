@@ -20,7 +20,7 @@ then differ by at most a few grey levels in the padding, and not at all where th
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np

@@ -78,10 +78,10 @@ class ScaledDetector:
 
     name = "base"
     max_side = 640
-    _landmarks: "LandmarkPredictor"  # set by each backend
+    _landmarks: LandmarkPredictor  # set by each backend
 
     @property
-    def predictor(self) -> "LandmarkPredictor":
+    def predictor(self) -> LandmarkPredictor:
         """The 68-point predictor the backend places landmarks with (the face tracker follows faces with it)."""
         return self._landmarks
 

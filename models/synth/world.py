@@ -41,7 +41,7 @@ class SynthConfig(BaseModel):
     crf: int = Field(20, ge=0, le=51, description="x264 quality (lower is better, larger files).")
 
     @model_validator(mode="after")
-    def _lengths_in_order(self) -> "SynthConfig":
+    def _lengths_in_order(self) -> SynthConfig:
         if self.max_seconds < self.min_seconds:
             raise ValueError(f"max_seconds ({self.max_seconds}) < min_seconds ({self.min_seconds})")
         return self

@@ -12,22 +12,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 from click.testing import CliRunner
+from PIL import Image
 
 from flows.cli import app
 from flows.evaluate import evaluate
 from flows.make_synthetic_dataset import make_synthetic_dataset
 from flows.preprocess_dataset import preprocess_dataset
-from models.directions import DirectionMatrix, PARAM_NAMES
+from models.directions import PARAM_NAMES, DirectionMatrix
 from models.e4e import Encoder4Editing
 from models.feature_transformer import FeatureTransformer
 from models.metrics.fid import frechet_distance
 from models.stylegan2 import Generator
 from storage.files import sha256_file
 from storage.store import ClipKey, ClipStore
-from tasks.evaluate import (EvaluateConfig, check_request, clip_means, evaluated_frames, metric_summary,
-                            read_truth)
+from tasks.evaluate import EvaluateConfig, check_request, clip_means, evaluated_frames, metric_summary, read_truth
 from tasks.metrics import MetricsConfig, fid_of_features, lpips, metric_networks
 from tasks.protocols import cross_pairs, self_pairs
 from tasks.reenact import ReenactConfig, networks_for, prepare_inputs
@@ -331,7 +330,7 @@ def test_several_sets_are_evaluated_on_the_same_pairs_and_reported_side_by_side(
     assert json.loads((out / "demo" / "summary.json").read_text())["networks"]["lpips"] is None
     assert (self_frames["pixel"] > 0).all() and (self_frames["pixel"] <= 255).all() and cross["pixel"].isna().all()
     assert np.isfinite(first["inversion"]).all() and np.isfinite(self_frames["static_pixel"]).all()
-    for pair, rows in first.groupby("pair"):
+    for _pair, rows in first.groupby("pair"):
         assert rows["inversion"].nunique() == 1  # one value per source
 
     loaded = load_evaluation(out)

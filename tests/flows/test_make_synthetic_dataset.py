@@ -3,7 +3,6 @@ preprocessing flow finding a face in every clip."""
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 

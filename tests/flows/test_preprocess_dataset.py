@@ -13,7 +13,7 @@ from storage.manifest import read_manifest
 from storage.store import ClipKey, ClipStore
 from storage.video import ffmpeg_exe
 from tasks.preprocess import PreprocessConfig
-from tests.media import (audio_only, face_frames, photo, truncated, variable_frame_rate, write_clip, zero_frames)
+from tests.media import audio_only, face_frames, photo, truncated, variable_frame_rate, write_clip, zero_frames
 
 
 def _two_faces(count: int) -> np.ndarray:

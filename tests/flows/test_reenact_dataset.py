@@ -16,7 +16,6 @@ from storage.store import ClipStore
 from storage.video import probe
 from tasks.protocols import cross_pairs, read_pairs, self_pairs
 from tasks.reenact import ReenactConfig
-from tasks.runners import RunnerConfig
 from tasks.synthesize import SynthConfig
 from tests.flows.conftest import BIN, ROOT
 from tests.flows.test_reenact_video import decode

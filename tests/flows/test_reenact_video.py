@@ -18,8 +18,15 @@ from storage.store import ClipStore
 from storage.video import VideoReader, probe
 from storage.weights import UnknownWeightsError
 from tasks.encode import EncodeConfig
-from tasks.reenact import (ReenactConfig, ReenactInputError, networks_for, prepare_driving, prepare_inputs,
-                           prepare_source, reenact)
+from tasks.reenact import (
+    ReenactConfig,
+    ReenactInputError,
+    networks_for,
+    prepare_driving,
+    prepare_inputs,
+    prepare_source,
+    reenact,
+)
 from tests.flows.conftest import BIN, ROOT
 from tests.media import DEMO_VIDEOS, PHOTOS, write_clip
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -163,9 +165,9 @@ def test_deployment_runs_through_a_real_server(tmp_path, prefect_server, officia
     env = prefect_server
     prefect = str(BIN / "prefect")
 
-    def cli(*args: str, timeout: float = 300) -> str:
+    def cli(*args: str, timeout: float = 300, code: int = 0) -> str:
         done = subprocess.run([prefect, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-        assert done.returncode == 0, f"prefect {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+        assert done.returncode == code, f"prefect {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
         return done.stdout
 
     cli("work-pool", "create", "local-process", "--type", "process", "--overwrite")
@@ -182,6 +184,18 @@ def test_deployment_runs_through_a_real_server(tmp_path, prefect_server, officia
         out = cli("deployment", "run", "reenact-video/on-demand", "--param", f"output={video}",
                   "--param", f"config={config}", "--watch", "--watch-timeout", "400", timeout=500)
         assert "Completed" in out, out
+        # a user's mistake: the watcher shows the reason in one line, and the run's state message holds it
+        missing = tmp_path / "no-such-driver.mp4"
+        out = cli("deployment", "run", "reenact-video/on-demand", "--param", f"driving={missing}",
+                  "--param", f"output={tmp_path / 'never.mp4'}", "--param", f"config={config}", "--watch",
+                  "--watch-timeout", "400", timeout=500, code=1)
+        assert "Failed" in out and str(missing) in " ".join(out.split()), out
+        assert "Traceback" not in out, out  # the engine's traceback of a user error stays out of the run's logs
+        run_id = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
+        with urllib.request.urlopen(f"{env['PREFECT_API_URL']}/flow_runs/{run_id}", timeout=10) as reply:
+            state = json.loads(reply.read())["state"]
+        assert state["type"] == "FAILED" and str(missing) in state["message"], state
+        assert not (tmp_path / "never.mp4").exists()
     finally:
         stop(worker)
     store = ClipStore.open(store_path)

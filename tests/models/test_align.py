@@ -5,8 +5,17 @@ import scipy.ndimage
 from PIL import Image
 from skimage.data import astronaut
 
-from models.detect.align import (crop_box, crop_face, crop_faces, face_mask,
-                                 landmarks_to_crop, landmarks_to_frame, paste_face, select_faces, smooth_boxes)
+from models.detect.align import (
+    crop_box,
+    crop_face,
+    crop_faces,
+    face_mask,
+    landmarks_to_crop,
+    landmarks_to_frame,
+    paste_face,
+    select_faces,
+    smooth_boxes,
+)
 from models.detect.base import Face
 
 
@@ -27,8 +36,8 @@ def official_crop(image, box, size=256):
         padded = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_REFLECT).astype(np.float32)
         h, w = padded.shape[:2]
         y, x = np.ogrid[:h, :w]
-        l, t, r, b = (max(p, 1e-10) for p in (left, top, right, bottom))
-        mask = np.maximum(1 - np.minimum(x / l, (w - 1 - x) / r), 1 - np.minimum(y / t, (h - 1 - y) / b))
+        pad_l, pad_t, pad_r, pad_b = (max(p, 1e-10) for p in (left, top, right, bottom))
+        mask = np.maximum(1 - np.minimum(x / pad_l, (w - 1 - x) / pad_r), 1 - np.minimum(y / pad_t, (h - 1 - y) / pad_b))
         mask = mask[..., None].astype(np.float32)
         padded += (scipy.ndimage.gaussian_filter(padded, [5, 5, 0]) - padded) * np.clip(mask * 3 + 1, 0, 1)
         padded += (np.median(padded, axis=(0, 1)) - padded) * np.clip(mask, 0, 1)

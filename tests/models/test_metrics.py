@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from models import MissingWeightsError
-from models.metrics.fid import (FeatureStatistics, fid_from_statistics, frechet_distance,
-                                kernel_inception_distance)
+from models.metrics.fid import FeatureStatistics, fid_from_statistics, frechet_distance, kernel_inception_distance
 from models.metrics.inception import FIDInception, build_fid_inception
 from models.metrics.lpips import LPIPS, build_lpips
 from storage.networks import fid_inception, lpips
 from storage.weights import WEIGHT_FILES, WeightsRegistry
+from tests.references import reference
 
 ALEXNET_FILE, FID_INCEPTION_FILE = WEIGHT_FILES["lpips-alexnet"].filename, WEIGHT_FILES["fid-inception"].filename
 
@@ -48,7 +48,7 @@ def no_downloads(monkeypatch):
 @pytest.fixture(scope="module")
 def reference_lpips():
     """The lpips package's LPIPS: the shipped v0.1 heads, a random trunk (nothing to download)."""
-    lpips = pytest.importorskip("lpips")
+    lpips = reference("lpips")
     torch.manual_seed(0)
     return lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False).eval()
 
@@ -154,7 +154,7 @@ def inception_state():
 
 def pytorch_fid_inception(monkeypatch, state):
     """pytorch-fid's `InceptionV3([3])`, its weights 'download' answered with `state` (loaded strictly there)."""
-    inception = pytest.importorskip("pytorch_fid.inception")
+    inception = reference("pytorch_fid.inception")
     monkeypatch.setattr(inception, "load_state_dict_from_url", lambda url, **kwargs: dict(state))
     return inception.InceptionV3([3], use_fid_inception=True).eval()
 
@@ -226,7 +226,7 @@ def test_fid_of_samples_approaches_the_closed_form():
 
 
 def test_frechet_distance_matches_pytorch_fid_also_for_singular_covariances():
-    fid_score = pytest.importorskip("pytorch_fid.fid_score")
+    fid_score = reference("pytorch_fid.fid_score")
     rng = np.random.default_rng(8)
     for count, dim in ((500, 32), (6, 12)):  # the second: fewer samples than dimensions, singular covariances
         a, b = rng.normal(size=(count, dim)), rng.normal(size=(count, dim)) * 1.3 + 0.2
@@ -248,7 +248,7 @@ def test_streaming_statistics_equal_numpy_on_all_features_at_once():
         np.testing.assert_allclose(result.mean, features.astype(np.float64).mean(0), rtol=1e-12)
         np.testing.assert_allclose(result.covariance, np.cov(features.astype(np.float64), rowvar=False), rtol=1e-10)
     with pytest.raises(ValueError, match="at least 2"):
-        FeatureStatistics(8).update(features[:1]).covariance
+        _ = FeatureStatistics(8).update(features[:1]).covariance
 
 
 # --- KID -------------------------------------------------------------------------------------------------------------
@@ -261,7 +261,7 @@ def test_kid_by_hand():
 
 
 def test_kid_matches_torch_fidelity():
-    metric_kid = pytest.importorskip("torch_fidelity.metric_kid")
+    metric_kid = reference("torch_fidelity.metric_kid")
     rng = np.random.default_rng(10)
     a, b = rng.random((300, 64)), rng.random((250, 64)) * 1.1
     expected = metric_kid.kid_features_to_metric(
@@ -273,7 +273,7 @@ def test_kid_matches_torch_fidelity():
 
 
 def test_kid_matches_clean_fid_when_subsets_are_the_whole_sets():
-    cleanfid = pytest.importorskip("cleanfid.fid")
+    cleanfid = reference("cleanfid.fid")
     rng = np.random.default_rng(11)
     a, b = rng.random((120, 32)), rng.random((120, 32)) + 0.05
     expected = cleanfid.kernel_distance(a, b, num_subsets=3, max_subset_size=1000)  # its own random draws

@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-import pytest
 import torch
 
 from models.detect.align import crop_box
 from models.directions import NUM_PARAMS
 from models.flame import euler_from_axis_angle
-from models.synth.head import (EXPRESSION_NAMES, LANDMARKS_3D, RIGHT_EYE, LEFT_EYE, landmarks_3d, mean_identity,
-                               rotation_matrix, sample_identity)
+from models.synth.head import (
+    EXPRESSION_NAMES,
+    LANDMARKS_3D,
+    LEFT_EYE,
+    RIGHT_EYE,
+    landmarks_3d,
+    mean_identity,
+    rotation_matrix,
+    sample_identity,
+)
 from models.synth.motion import JAW_MAX, PARAM_LIMITS, POSE_LIMITS, clip_motion, sweep_motion
 from models.synth.render import CAMERA, project, render, render_with_landmarks
 from models.synth.world import SynthConfig, plan_world
@@ -73,7 +80,7 @@ def test_pupils_are_dark_where_the_eye_landmarks_say():
             x, y = np.round(points[eye].mean(0)).astype(int)
             assert image[y - 1 : y + 2, x - 1 : x + 2].mean() < 50
             # and the white of the eye lies between the pupil and the corners
-            cx, cy = np.round((points[eye[0]] * 0.7 + points[eye].mean(0) * 0.3)).astype(int)
+            cx, cy = np.round(points[eye[0]] * 0.7 + points[eye].mean(0) * 0.3).astype(int)
             assert image[cy, cx].mean() > image[y, x].mean() + 80
 
 

@@ -3,8 +3,15 @@
 import numpy as np
 import pytest
 
-from models.temporal import (NothingToFill, fill_gaps_stream, gaussian_radius, gaussian_smooth,
-                             gaussian_smooth_stream, last_true, nearest_true)
+from models.temporal import (
+    NothingToFill,
+    fill_gaps_stream,
+    gaussian_radius,
+    gaussian_smooth,
+    gaussian_smooth_stream,
+    last_true,
+    nearest_true,
+)
 
 
 class _Counted:

@@ -24,10 +24,21 @@ from models.directions import ParamRanges
 from models.flame import UnsafePickleError
 from models.stylegan2 import Generator
 from storage import networks, weights
-from storage.checkpoints import (CheckpointKeysError, CorruptCheckpointError, UnsafeCheckpointError,
-                                 read_safetensors_metadata, save_safetensors)
-from storage.weights import (BUILDERS, WEIGHT_FILES, NetworkArgumentsError, UnknownBuilderError, WeightsRegistry,
-                             describe_arguments)
+from storage.checkpoints import (
+    CheckpointKeysError,
+    CorruptCheckpointError,
+    UnsafeCheckpointError,
+    read_safetensors_metadata,
+    save_safetensors,
+)
+from storage.weights import (
+    BUILDERS,
+    WEIGHT_FILES,
+    NetworkArgumentsError,
+    UnknownBuilderError,
+    WeightsRegistry,
+    describe_arguments,
+)
 from training.common.checkpoints import RunDir, latest_checkpoint, read_checkpoint, read_weights
 from training.common.config import TrainingConfig, load_config, parse_overrides
 

@@ -14,8 +14,16 @@ import numpy as np
 import pytest
 
 from storage.files import STALE_AFTER_S
-from storage.store import (ArraySpec, ClipKey, ClipStore, CorruptChunkError, MissingChunkError, StoreError,
-                           decode_name, encode_name)
+from storage.store import (
+    ArraySpec,
+    ClipKey,
+    ClipStore,
+    CorruptChunkError,
+    MissingChunkError,
+    StoreError,
+    decode_name,
+    encode_name,
+)
 
 KEY = ClipKey("id1", "v1", "c1")
 SPEC = {"crops": ArraySpec("uint8", (None, 8, 8, 3)), "landmarks": ArraySpec("float32", (None, 68, 2))}

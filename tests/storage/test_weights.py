@@ -25,6 +25,7 @@ from storage.weights import (
     format_status,
     resolve_weights_dir,
 )
+from tests.references import reference as reference_package
 
 REFERENCE = Path(__file__).parents[1] / "fixtures" / "reference"
 
@@ -227,7 +228,7 @@ def _manifest(name: str) -> list[tuple[str, tuple[int, ...]]]:
 
 
 def _network_module(name: str):
-    return pytest.importorskip(WEIGHT_FILES[name].builder.partition(":")[0])
+    return reference_package(WEIGHT_FILES[name].builder.partition(":")[0])
 
 
 OFFICIAL_NETWORKS = ["stylegan2-voxceleb256", "stylegan2-voxceleb256-discriminator", "e4e-voxceleb256",

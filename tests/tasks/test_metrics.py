@@ -18,9 +18,19 @@ from models.synth.head import EXPRESSION_NAMES, sample_identity
 from models.synth.render import render, render_with_landmarks
 from storage import networks as registry_networks
 from storage.weights import WEIGHT_FILES, WeightsRegistry
-from tasks.metrics import (MetricNetworks, MetricsConfig, csim, distribution_scores, expression_distance,
-                           fit_linearity, identity_retrieval, inception_features, lpips, pose_distance,
-                           sweep_directions)
+from tasks.metrics import (
+    MetricNetworks,
+    MetricsConfig,
+    csim,
+    distribution_scores,
+    expression_distance,
+    fit_linearity,
+    identity_retrieval,
+    inception_features,
+    lpips,
+    pose_distance,
+    sweep_directions,
+)
 from training.face3d_regressor import EXPRESSION_RANGES, JAW_RANGE
 
 
@@ -267,10 +277,10 @@ def test_metric_networks_load_from_the_weights_directory_or_say_what_is_missing(
     networks = MetricNetworks(MetricsConfig(weights_dir=str(weights), device="cpu"))
     assert networks.identity.name == "dlib"  # no ArcFace weights: the offline embedder, under its own name
     with pytest.raises(MissingWeightsError) as caught:
-        networks.lpips
+        _ = networks.lpips
     assert str(weights / ALEXNET_FILE) in str(caught.value) and "torch-home" in str(caught.value)
     with pytest.raises(MissingWeightsError, match="pt_inception-2015-12-05-6726825d.pth"):
-        networks.inception
+        _ = networks.inception
 
     trunk = {name: value for name, value in registry_networks.lpips(WeightsRegistry(weights), random_backbone=True)
              .state_dict().items() if name.startswith("features.")}

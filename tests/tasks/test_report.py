@@ -17,9 +17,20 @@ import pytest
 import yaml
 
 from flows.benchmark_report import benchmark_report
-from tasks.report import (NotAnEvaluationError, ReportConfig, bootstrap_mean, describe, find_chromium,
-                          load_evaluation, load_published, loaded_images, metric_tables, render_screenshot,
-                          report_figures, write_report)
+from tasks.report import (
+    NotAnEvaluationError,
+    ReportConfig,
+    bootstrap_mean,
+    describe,
+    find_chromium,
+    load_evaluation,
+    load_published,
+    loaded_images,
+    metric_tables,
+    render_screenshot,
+    report_figures,
+    write_report,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 needs_chromium = pytest.mark.skipif(find_chromium() is None, reason="headless Chromium is not installed "

@@ -5,9 +5,9 @@ from __future__ import annotations
 import ipaddress
 
 import psutil
-import pytest
 
 from tasks.runners import RunnerConfig
+from tests.references import reference
 
 
 def _listening(process: psutil.Process) -> list[tuple[int, str, int]]:
@@ -23,7 +23,7 @@ def _listening(process: psutil.Process) -> list[tuple[int, str, int]]:
 
 
 def test_a_local_dask_cluster_listens_on_loopback_only_and_has_no_dashboard():
-    pytest.importorskip("prefect_dask")
+    reference("prefect_dask")
     me = psutil.Process()
     before = set(_listening(me))
     runner = RunnerConfig(kind="dask", workers=1).build()

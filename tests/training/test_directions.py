@@ -20,14 +20,21 @@ from models.directions import NUM_PARAMS, ParamRanges, from_checkpoint
 from models.flame import euler_from_axis_angle, orthographic_projection
 from models.reenact import Reenactor
 from storage.weights import WeightsRegistry
-from tests.training import FRAMES, QUICK, TINY_G, differing_tensors, tiny_generator_file, write_world
+from tests.training import QUICK, TINY_G, differing_tensors, tiny_generator_file, write_world
 from tests.weights import write_deca_flame_weights
 from training.common.checkpoints import read_checkpoint
 from training.common.distributed import Distributed
 from training.data import StoreCrops
-from training.directions import (DirectionsStage, DirectionsTrainingConfig, Faces, build_net3d,
-                                 load_deca_net3d, one_direction_shift, split_reading, train_directions)
-
+from training.directions import (
+    DirectionsStage,
+    DirectionsTrainingConfig,
+    Faces,
+    build_net3d,
+    load_deca_net3d,
+    one_direction_shift,
+    split_reading,
+    train_directions,
+)
 
 
 @pytest.fixture(scope="module")

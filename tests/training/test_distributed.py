@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from tests.training import QUICK, TINY_E, TINY_G, differing_tensors, flat_colour_frames, tiny_generator_file, \
-    write_store
+from tests.training import (
+    QUICK,
+    TINY_E,
+    TINY_G,
+    differing_tensors,
+    flat_colour_frames,
+    tiny_generator_file,
+    write_store,
+)
 from training.common.checkpoints import read_checkpoint
 from training.common.loop import run_stage
 from training.encoder import EncoderTrainingConfig, train_encoder

@@ -18,8 +18,7 @@ from tests.training import QUICK, TINY_E, TINY_G, differing_tensors, generator_f
 from training.common.checkpoints import read_checkpoint
 from training.common.distributed import Distributed
 from training.data import StoreCrops
-from training.encoder import (EncoderStage, EncoderTrainingConfig, delta_regularisation, progressive_stage,
-                              train_encoder)
+from training.encoder import EncoderStage, EncoderTrainingConfig, delta_regularisation, progressive_stage, train_encoder
 
 RENDERS = 16
 

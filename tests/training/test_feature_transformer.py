@@ -15,12 +15,12 @@ from flows.reenact_video import reenact_video
 from flows.train_feature_transformer import train_feature_transformer as train_flow
 from models.directions import DirectionMatrix, ParamRanges
 from models.feature_transformer import FeatureTransformer
+from models.images import resize_to, to_pixels
 from models.reenact import Reenactor
 from models.stylegan2 import Generator
+from storage.settings import DEMO_PHOTO
 from storage.video import VideoReader
 from storage.weights import WeightsRegistry
-from models.images import resize_to, to_pixels
-from storage.settings import DEMO_PHOTO
 from tasks.reenact import ReenactConfig, networks_for, prepare_source
 from tests.media import DEMO_VIDEOS
 from tests.training import QUICK, TINY_G, tiny_generator_file, write_world

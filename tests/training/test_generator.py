@@ -22,8 +22,16 @@ from tests.training import QUICK, TINY_G, differing_tensors, flat_colour_frames,
 from training.common.checkpoints import RunDir, list_checkpoints, read_checkpoint
 from training.common.distributed import Distributed
 from training.data import StoreCrops
-from training.generator import (AdaptiveP, GeneratorStage, GeneratorTrainingConfig, augment_images, ema_decay,
-                                path_lengths, r1_penalty, train_generator)
+from training.generator import (
+    AdaptiveP,
+    GeneratorStage,
+    GeneratorTrainingConfig,
+    augment_images,
+    ema_decay,
+    path_lengths,
+    r1_penalty,
+    train_generator,
+)
 
 COLOUR = (200, 60, 30)
 OFFICIAL_KEYS = {"g", "d", "g_ema", "g_optim", "d_optim"}  # rosinality's train.py

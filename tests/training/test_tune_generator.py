@@ -9,10 +9,10 @@ import torch
 
 from flows.reenact_video import reenact_video
 from models import MissingWeightsError
-from storage.networks import lpips
-from storage.weights import WeightsRegistry
 from models.stylegan2 import Generator
+from storage.networks import lpips
 from storage.video import VideoReader
+from storage.weights import WeightsRegistry
 from tasks.reenact import ReenactConfig, networks_for
 from tests.media import DEMO_VIDEOS
 from tests.training import TINY_G

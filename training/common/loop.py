@@ -156,7 +156,7 @@ class Stage(ABC):
         """Plain top-level checkpoint entries of the stage (ADA's 'ada_aug_p', ...)."""
         return {}
 
-    def load_extra_state(self, checkpoint: Mapping[str, Any]) -> None:
+    def load_extra_state(self, checkpoint: Mapping[str, Any]) -> None:  # noqa: B027 (a hook: most stages keep nothing)
         pass
 
     def samples(self) -> dict[str, tuple[torch.Tensor, int]]:
