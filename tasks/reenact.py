@@ -236,8 +236,9 @@ class ReenactNetworks:
         render = (lambda network: transformer.render(network, code, code, target)) if transformer is not None \
             else None  # with a Feature Transformer, tune what reenactment draws: G and the transformer on top
         tuning = GeneratorTuningConfig(steps=config.tune_steps, lpips_weight=config.tune_lpips_weight)
-        tuned, report = tune_generator(generator, code, target, tuning,
-                                       self.perceptual() if tuning.lpips_weight else None, render)
+        with progress(total=tuning.steps, description=f"tune G on {source.name}", unit="step") as advance:
+            tuned, report = tune_generator(generator, code, target, tuning,
+                                           self.perceptual() if tuning.lpips_weight else None, render, advance)
         log.info("G tuned on %s in %.1f s: %s", source.name, report["seconds"],
                  ", ".join(f"{term} {report['before'][term]:.4f} -> {value:.4f}"
                            for term, value in report["after"].items()))

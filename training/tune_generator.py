@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import BaseModel, Field
-from tqdm.auto import tqdm
 
 from models.precision import network_dtype
 from models.stylegan2 import Generator
@@ -62,11 +61,12 @@ def tuned_parameters(generator: Generator, layers: str) -> list[torch.nn.Paramet
 
 def tune_generator(generator: Generator, code: torch.Tensor, target: torch.Tensor, config: GeneratorTuningConfig,
                    perceptual: Distance | None,
-                   render: Callable[[Generator], torch.Tensor] | None = None) -> tuple[Generator, dict]:
+                   render: Callable[[Generator], torch.Tensor] | None = None,
+                   step_done: Callable[[], None] = lambda: None) -> tuple[Generator, dict]:
     """A copy of `generator` tuned so that G(code [1, L, D]) reproduces `target` [1, 3, size, size] in [-1, 1].
 
     `render(G)`: how the source is drawn by a G, when more than G draws it (a Feature Transformer on top: tuning
-    then fits what reenactment will show). Returns the tuned copy (frozen, in eval mode) and a report: steps,
+    then fits what reenactment will show). `step_done()` after each step (the caller's progress). Returns the tuned copy (frozen, in eval mode) and a report: steps,
     seconds, and the loss terms before and after."""
     if config.lpips_weight > 0 and perceptual is None:
         raise ValueError("generator tuning with lpips_weight > 0 needs the LPIPS distance")
@@ -93,7 +93,7 @@ def tune_generator(generator: Generator, code: torch.Tensor, target: torch.Tenso
 
     started = time.perf_counter()
     first = last = None
-    for _ in tqdm(range(config.steps), desc="tune G on the source", unit="step", disable=None, dynamic_ncols=True):
+    for _ in range(config.steps):
         losses = terms()
         loss = pixel_weight * losses["l2"] + config.lpips_weight * losses.get("lpips", 0.0)
         optimiser.zero_grad(set_to_none=True)
@@ -101,6 +101,7 @@ def tune_generator(generator: Generator, code: torch.Tensor, target: torch.Tenso
         optimiser.step()
         last = {name: value.detach() for name, value in losses.items()}
         first = first or last
+        step_done()
     with torch.no_grad():
         after = {name: float(value) for name, value in terms().items()}
     requires_grad(tuned, False)

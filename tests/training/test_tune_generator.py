@@ -36,10 +36,11 @@ def test_the_tuned_copy_fits_the_source_and_g_is_left_as_it_was():
     code = generator.get_latent(torch.randn(1, TINY_G["style_dim"]))[:, None].repeat(1, generator.n_latent, 1)
     target = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4) * 2 - 1, size=32, mode="bilinear")
     before = {name: value.clone() for name, value in generator.state_dict().items()}
+    steps_done = []
     tuned, report = tune_generator(generator, code, target, GeneratorTuningConfig(steps=40),
-                                   lpips(WeightsRegistry(), random_backbone=True))
+                                   lpips(WeightsRegistry(), random_backbone=True), step_done=lambda: steps_done.append(1))
 
-    assert report["steps"] == 40 and report["after"]["l2"] < 0.5 * report["before"]["l2"]
+    assert report["steps"] == 40 == len(steps_done) and report["after"]["l2"] < 0.5 * report["before"]["l2"]
     assert report["after"]["lpips"] < report["before"]["lpips"]
     assert all(torch.equal(before[name], value) for name, value in generator.state_dict().items())
     changed = [name for name, value in tuned.state_dict().items() if not torch.equal(before[name], value)]
