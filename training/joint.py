@@ -327,7 +327,7 @@ class JointStage(Stage):
     def train_step(self, step: int, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """One step on pairs drawn from the store (the loop's crop batch is not used)."""
         self.e.train()
-        pairs = self._pairs(self.config.batch_size, int(round(self.config.batch_size * self.config.cross_fraction)))
+        pairs = self._pairs(self.config.batch_size, round(self.config.batch_size * self.config.cross_fraction))
         total, terms = self.losses(pairs, self.e_train, self.A_train)
         self.A_optim.zero_grad(set_to_none=True)
         optimise(total, self.e_optim, self.scaler, self.e, also=self.A_optim)

@@ -63,7 +63,7 @@ def test_the_command_lowers_the_losses_and_exports_e_and_a_in_both_layouts(world
     result = CliRunner().invoke(app, ["train-joint", *(f"{key}={value}" for key, value in config.items())])
     assert result.exit_code == 0, result.output
     assert "joint: steps 0->30 on 1 process(es)" in result.output
-    rows = [json.loads(line) for line in open(tmp_path / "run" / "stats.jsonl")]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [5, 10, 15, 20, 25, 30]
     assert rows[-1]["loss"] < 0.85 * rows[0]["loss"], (rows[0]["loss"], rows[-1]["loss"])
     for term in ("inversion_l2", "pixel", "cycle_pixel", "shape"):  # batches of 4 are noisy: the last two windows
@@ -160,7 +160,7 @@ def test_cross_identity_pairs_have_no_pixel_target_and_every_term_can_be_switche
     identity = lambda item: stage.frames.dataset.keys[stage.frames.dataset.items[item, 0]].identity  # noqa: E731
     assert all(identity(a) != identity(b) for a, b in zip(items, stage._other_identity(items)))
     assert all(identity(a) == identity(b) for a, b in zip(items, stage.frames.partners(items)))
-    total, terms = stage.losses(pairs, stage.e, stage.A)
+    _, terms = stage.losses(pairs, stage.e, stage.A)
     assert set(terms) == {"delta", "inversion_l2", "pixel", "shape", "mouth", "eye", "cycle_code", "cycle_pixel"}
     off = stage_for(tiny(world, tmp_path / "o", cycle_code_weight=0, cycle_pixel_weight=0, inversion_l2_weight=0))
     _, fewer = off.losses(pairs, off.e, off.A)
