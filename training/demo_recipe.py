@@ -25,7 +25,8 @@ demo-gpu-<stage>.yaml; `key=value` arguments override the running stage's config
 
 Every stage also (re)writes weights/demo/provenance.json from what the work folder holds: each stage's config,
 steps, speed and losses, the worlds, the held-out figures once measured, the files' sha256 and the machine, with
-the work folder's paths written as `<work>/...` and the checkout's as `<repo>/...`.
+the work folder's paths written as `<work>/...` and the checkout's as `<repo>/...`, as they are in the training
+config that each installed file's metadata carries.
 
 The world stage renders the world of demo[-gpu]-world.yaml with `models.synth` and crops each frame as
 preprocess-dataset does (`models.detect.align`: the paper's crop of the 68 landmarks, boxes smoothed over time),
@@ -64,6 +65,7 @@ from models.detect.align import crop_faces, crop_box, landmarks_to_crop, smooth_
 from models.synth.head import head_geometry, landmarks_3d, sample_identity
 from models.synth.render import project, render
 from models.synth.world import FPS, ClipPlan, SynthConfig, plan_world, truth_columns
+from storage.checkpoints import load_safetensors, save_safetensors
 from storage.encoding import EncodeConfig, encode_clip, measure_ranges
 from storage.files import atomic_path, sha256_file
 from storage.settings import PROJECT_ROOT
@@ -289,12 +291,20 @@ def install_stage(work: Work, stage: str) -> None:
     encoder stage installs the encoder and G (its decoder with decoder_lr, else the GAN it inverted)."""
     if stage == "encoder":
         decoder = work.run("encoder") / "generator.safetensors"
-        copy_whole(decoder if decoder.is_file() else export_of(work, "generator"), work.installed("demo-generator"))
-        copy_whole(export_of(work, "encoder"), work.installed("demo-encoder"))
+        install_export(work, decoder if decoder.is_file() else export_of(work, "generator"), "demo-generator")
+        install_export(work, export_of(work, "encoder"), "demo-encoder")
     elif stage == "directions":
-        copy_whole(export_of(work, "directions"), work.installed("demo-directions"))
+        install_export(work, export_of(work, "directions"), "demo-directions")
     elif stage == "feature-transformer":
-        copy_whole(export_of(work, "feature-transformer"), work.installed("demo-feature-transformer"))
+        install_export(work, export_of(work, "feature-transformer"), "demo-feature-transformer")
+
+
+def install_export(work: Work, export: Path, name: str) -> Path:
+    """`export` as the set's file `name`, the same tensors, the paths in its metadata (the training config) written
+    as in provenance (`<work>/...`): a bundled file names no folder of the machine that made it."""
+    state, metadata = load_safetensors(export)
+    save_safetensors(state, work.installed(name), symbolic_paths(metadata, path_places(work)))
+    return work.installed(name)
 
 
 def encode_world(work: Work, batch_size: int = 32) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from models.synth.world import SynthConfig, plan_world
+from storage.checkpoints import read_safetensors_metadata
 from storage.settings import PROJECT_ROOT
 from storage.store import ClipKey, ClipStore
 from storage.weights import BUNDLED_DIR, WEIGHT_FILES, WEIGHT_SETS
@@ -83,7 +84,10 @@ def test_every_stage_runs_with_torch_alone_and_installs_the_demo_set(recipe):
     assert clip.stage("face3d")["params"].shape[0] == 10 and clip.stage("inversion")["wplus"].shape[0] == 10
     assert (work / "world.zarr" / "ranges-synth-regressor.npy").is_file()
     for name in WEIGHT_SETS["demo"]:
-        assert (work / "weights" / WEIGHT_FILES[name].filename).is_file(), name
+        installed = work / "weights" / WEIGHT_FILES[name].filename
+        assert installed.is_file(), name
+        training = read_safetensors_metadata(installed)["training"]  # the stage's config, paths as symbols
+        assert training["store"] == "<work>/world.zarr" and not absolute_paths(training), name
     provenance = json.loads((work / "weights" / "demo" / "provenance.json").read_text())
     assert set(provenance["stages"]) == {"generator", "encoder", "directions", "feature_transformer"}
     assert provenance["stages"]["generator"]["steps"] == 4 and provenance["training_world"]["identities"] == 2
@@ -205,6 +209,9 @@ def test_no_committed_provenance_names_a_path_of_the_machine_that_made_it():
     assert files, f"no provenance.json under {BUNDLED_DIR}"
     for path in files:
         found = absolute_paths(json.loads(path.read_text()))
+        assert not found, f"{path.relative_to(PROJECT_ROOT)} holds machine paths: {found[:5]}"
+    for path in sorted(BUNDLED_DIR.rglob("*.safetensors")):  # their metadata: the training config
+        found = absolute_paths(read_safetensors_metadata(path))
         assert not found, f"{path.relative_to(PROJECT_ROOT)} holds machine paths: {found[:5]}"
 
 
