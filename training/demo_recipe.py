@@ -413,10 +413,11 @@ def install_bundle(work: Work) -> Path:
 # -------------------------------------------------------------------------------------------- pack and unpack
 
 def pack(work: Work, stage: str, out: str | os.PathLike, part_bytes: int = PART_BYTES) -> list[Path]:
-    """A training stage's run folder (config, stats, summary, exports, samples; its latest checkpoint, slimmed,
-    unless the stage is finished) as `<out>/<stage>.tar.partNN` files of at most `part_bytes`."""
+    """A training stage's run folder (config, stats, summary, exports, samples, and its latest checkpoint, slimmed:
+    an unfinished stage continues from it, a finished one can train longer) as `<out>/<stage>.tar.partNN` files of
+    at most `part_bytes`."""
     run = RunDir(work.run(stage))
-    latest = None if stage_finished(work, stage) else latest_checkpoint(run)
+    latest = latest_checkpoint(run)
     if latest is None and not stage_finished(work, stage):
         raise FileNotFoundError(f"{run.root} has no checkpoint to pack: run the {stage} stage first")
     buffer = io.BytesIO()
