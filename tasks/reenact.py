@@ -54,7 +54,8 @@ from models.temporal import false_runs, gaussian_smooth, last_true
 from storage.inputs import ClipSource, clip_key_for
 from storage.store import ClipKey, ClipReader, ClipStore
 from storage.video import VideoError, VideoReader, VideoWriter, probe, read_frame, sha256_file
-from storage.weights import AUTO_SET, WEIGHT_FILES, WeightsRegistry, choose_set, reenaction_set
+from storage.weights import (AUTO_SET, WEIGHT_FILES, WeightsRegistry, choose_set, reenaction_set,
+                             resolve_weights_dir)
 from tasks.driving import (ANALYSIS_BATCH, DrivingFrame, NoReadableFaceError, analysis_stages, batches, decoded,
                            read_faces, smooth_parameters)
 from tasks.encode import _AUTOCAST, FACE3D, INVERSION, EncodeConfig, Precision, encode_clip, encoders_for
@@ -260,8 +261,8 @@ _networks: dict[str, ReenactNetworks] = {}
 def networks_for(config: ReenactConfig) -> ReenactNetworks:
     """One set of networks per process and config (threads share them: inference only), with what this config needs
     beyond them loaded too (LPIPS when G is tuned), so that a missing file fails here, before any video is read."""
-    key = config.model_dump_json(include={"weights", "face3d", "truncation", "feature_transformer", "weights_dir",
-                                          "device", "precision"})
+    key = config.model_dump_json(include={"weights", "face3d", "truncation", "feature_transformer", "device",
+                                          "precision"}) + str(resolve_weights_dir(config.weights_dir))
     with _lock:
         if key not in _networks:
             if config._official_missing:

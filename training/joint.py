@@ -87,6 +87,7 @@ class JointTrainingConfig(TrainingConfig):
     weights_dir: str | None = Field(None, description="Weights directory for registry names (G, E, A, ArcFace, LPIPS's AlexNet, DECA).")
     face3d: Literal["synth-regressor", "deca"] = Field("synth-regressor", description="The differentiable Net3D of the reenactment terms, the one A was trained with; the store's face3d stage (p) must be of this backend.")
     face3d_weights: str | None = Field(None, description="face3d=synth-regressor: the regressor's weights file (default: the one shipped in models/data).")
+    synth_shape: Literal["params", "landmarks"] = Field("params", description="face3d=synth-regressor: the shape term's form, as train-directions' synth_shape (params: the 15 parameters in shift units; landmarks: the posed head's 3D landmarks).")
     truncation: float = Field(0.7, gt=0, le=1, description="Truncation of every rendered code towards G's mean w, as the set's inference renders (official: 0.7; demo: 1).")
     mean_latent_samples: int = Field(4096, ge=1, description="z samples of G's mean w (as the Reenactor computes it, seed 0).")
     joint: bool = Field(True, description="E learns from the reenactment and cycle terms too; false: no gradient crosses between E and A (E: inversion and cycle-code terms; A: reenactment and cycle-pixel terms), the separately trained baseline.")
