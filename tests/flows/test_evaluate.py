@@ -357,8 +357,10 @@ def test_several_sets_are_evaluated_on_the_same_pairs_and_reported_side_by_side(
     for table in headline:
         assert "<th>mean</th><th>doing nothing (Δp = 0)</th><th>the driver itself</th>" in table
     cells = re.findall(r"<td>(.*?)</td>", re.search(r"<tr><td>APD vs truth</td>.*?</tr>", headline[1]).group(0))
-    static = cross["static_truth_apd"].mean()
-    assert cells[3].startswith(f"{static:.4g} [") and cells[4].startswith(f"{cross['driving_truth_apd'].mean():.4g} [")
+    static = cross["static_truth_apd"].mean()  # the tiny G's noise: the Net3D (almost) never reads a face in it
+    assert cells[3].startswith(f"{static:.4g}") if np.isfinite(static) else \
+        cells[3] == "not measured (the Net3D found no face)"
+    assert cells[4].startswith(f"{cross['driving_truth_apd'].mean():.4g} [")  # the real synthetic faces are read
     assert "<td>LPIPS</td><td>lower</td><td>not measured (--no-lpips)</td>" in headline[0]
-    assert text.count("<td>not measured (--no-fid)</td>") == 4  # FID and KID of both protocols
+    assert text.count("<td>not measured (--no-fid)</td>") == 6  # FID and KID of both protocols; FID by the papers
     assert "None" not in text and "subsets of —" not in text
