@@ -101,9 +101,9 @@ class Evaluation:
         return list(self.summary.protocols)
 
     def network(self, protocol: str, column: str) -> str:
-        """The network that measured a metric of a protocol ("pixels" for a pixel difference)."""
+        """The network that measured a metric of a protocol ("none" for a pixel difference)."""
         metrics = self.summary.protocols[protocol].metrics
-        if column not in metrics:
+        if column not in metrics or not metrics[column].n:
             return "—"
         return metrics[column].network or "none (pixel difference)"
 

@@ -117,10 +117,10 @@ def worse_than_doing_nothing(row: pd.Series, static: pd.Series | str) -> bool:
 
 
 def set_comparison(evaluation: Evaluation, config: ReportConfig) -> pd.DataFrame:
-    """The sets of a several-set folder side by side: per protocol, one row per set and one for doing nothing (the
-    Δp = 0 render of the first set, where a metric has its `static_` twin), one column per headline metric: its
-    mean over frames and the interval with clips resampled."""
-    rows = []
+    """The sets of a several-set folder side by side: per protocol, one row per set, then one per baseline of the
+    first set (`BASELINES`, where a metric has one), one column per headline metric: its mean over frames and the
+    interval with clips resampled."""
+    rows, baseline_rows = [], []
     for label, chosen in evaluation.sets.items():
         tables = metric_tables(chosen, config)
         for protocol in chosen.protocols:
@@ -130,12 +130,12 @@ def set_comparison(evaluation: Evaluation, config: ReportConfig) -> pd.DataFrame
                      for row in tables[(tables["protocol"] == protocol) & tables["headline"]].itertuples()]
             if label == next(iter(evaluation.sets)):
                 for row, baselines in headline_with_baselines(tables, protocol):
-                    rows += [{"protocol": protocol, "set": BASELINES[name], "weights": chosen.weights_set,
+                    baseline_rows += [{"protocol": protocol, "set": BASELINES[name], "weights": chosen.weights_set,
                               "metric": row["metric"], "label": row["label"], "better": row["better"],
                               "mean": baseline["mean"], "low": baseline["clips_low"], "high": baseline["clips_high"],
                               "missing": baseline["missing"], "not_measured": baseline["not_measured"]}
                              for name, baseline in baselines.items() if not isinstance(baseline, str)]
-    return pd.DataFrame(rows, columns=["protocol", "set", "weights", "metric", "label", "better", "mean", "low",
-                                       "high", "missing", "not_measured"])
+    return pd.DataFrame(rows + baseline_rows, columns=["protocol", "set", "weights", "metric", "label", "better",
+                                                       "mean", "low", "high", "missing", "not_measured"])
 
 
