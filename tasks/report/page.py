@@ -15,7 +15,7 @@ import pandas as pd
 from storage.files import atomic_path
 from tasks.report.data import Evaluation, ReportConfig, number_text as _number
 from tasks.report.figures import ReportImage, sample_images
-from tasks.report.published import Published, comparison_table, load_published, COMPARED, LABELS, ARROWS
+from tasks.report.published import ARROWS, COMPARED, LABELS, Published, comparison_table, load_published
 from tasks.report.statistics import BASELINES, headline_with_baselines, set_comparison, worse_than_doing_nothing
 
 REPORT_HTML, FIGURES_DIR = "report.html", "figures"
