@@ -104,7 +104,9 @@ def evaluate(config: EvaluateConfig, runner: RunnerConfig = RunnerConfig(),
     AED (the Net3D's reading of the result vs the driving frame), and with a truth table the pose and expression
     errors against a synthetic world's true parameters; FID/KID per protocol; the linearity of A. Every figure names
     the network that measured it; seeds are fixed and the pair lists are saved. The frames are reenacted in
-    memory, never written as videos. With --compare, every set is measured on the same pairs."""
+    memory, never written as videos. Writes to --out: config.json, pairs/, frames.parquet, clips.parquet,
+    distribution.parquet, the linearity tables, samples/ and, last, summary.json (benchmark-report reads the
+    folder). With --compare, every set is measured on the same pairs."""
     if not compare:
         return _measure(config, runner)
     sets = compared_sets(config, compare)
