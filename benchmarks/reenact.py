@@ -160,10 +160,10 @@ def whole_flow(config, driver: Path, output: Path) -> dict:
     source_s = time.perf_counter() - started
     summary = reenact(str(driver), face, output, config)
     total = time.perf_counter() - started
-    frames = summary["frames"]
-    return {"frames": frames, "source_s": source_s, "stream_s": summary["seconds_render"], "total_s": total,
-            "frames_per_s": frames / total, "stream_frames_per_s": frames / summary["seconds_render"],
-            "first_frame_s": source_s + summary["seconds_to_first_frame"], "stages": summary["stage_seconds"]}
+    frames = summary.frames
+    return {"frames": frames, "source_s": source_s, "stream_s": summary.seconds_render, "total_s": total,
+            "frames_per_s": frames / total, "stream_frames_per_s": frames / summary.seconds_render,
+            "first_frame_s": source_s + summary.seconds_to_first_frame, "stages": summary.stage_seconds}
 
 
 def tuning_speed(config, steps: int) -> dict[str, float]:
@@ -331,8 +331,8 @@ def demo_flow(arguments: argparse.Namespace, scratch: Path) -> None:
 
     def streamed(threaded: bool) -> dict:
         summary = reenact(str(driver), face, scratch / "streamed.mp4", config, threaded=threaded)
-        return {"frames": summary["frames"], "total_s": summary["seconds_render"],
-                "first_frame_s": summary["seconds_to_first_frame"], "stages": summary["stage_seconds"]}
+        return {"frames": summary.frames, "total_s": summary.seconds_render,
+                "first_frame_s": summary.seconds_to_first_frame, "stages": summary.stage_seconds}
 
     ways = {"streamed": lambda: streamed(True), "streamed, one thread": lambda: streamed(False),
             "sequential": lambda: sequential_flow(config, face, driver, scratch / "sequential.mp4")}

@@ -10,9 +10,9 @@ from prefect import flow, get_run_logger, unmapped
 from pydantic import Field
 
 from flows.summary import FlowSummary, publish, shown
-from tasks.evaluate import (SETS_FILE, EvaluateConfig, PairEvaluation, check_request, distribution_task,
-                            evaluate_pair_task, linearity_task, measuring_networks, plan_task, weights_choices,
-                            write_json, write_results_task)
+from tasks.evaluate import (EvaluateConfig, PairEvaluation, check_request, distribution_task, evaluate_pair_task,
+                            linearity_task, measuring_networks, plan_task, weights_choices, write_results_task)
+from tasks.evaluation_summary import SETS_FILE, SUMMARY_FILE, EvaluationSets, EvaluationSummary, Networks, SetEntry
 from tasks.progress import progress
 from tasks.protocols import ReenactPair
 from tasks.reenact import ReenactConfig
@@ -30,20 +30,20 @@ class EvaluateSummary(FlowSummary):
     failed: dict[str, int]
     frames: dict[str, int]
     headline: dict[str, dict[str, float | None]]  # protocol -> metric -> mean (fid included)
-    networks: dict[str, str | None]
+    networks: Networks
     seconds: float
 
     @classmethod
-    def of(cls, written: dict, out: str, seconds: float) -> EvaluateSummary:
+    def of(cls, written: EvaluationSummary, out: str, seconds: float) -> EvaluateSummary:
         """The headline of summary.json's content."""
-        protocols = written["protocols"]
-        return cls(out=out, pairs={p: block["pairs"] for p, block in protocols.items()},
-                   failed={p: block["pairs_failed"] for p, block in protocols.items()},
-                   frames={p: block["frames"] for p, block in protocols.items()},
-                   headline={p: {**{name: block["metrics"][name]["mean"] for name in HEADLINE
-                                    if name in block["metrics"]}, "fid": block["distribution"]["fid"]}
+        protocols = written.protocols
+        return cls(out=out, pairs={p: block.pairs for p, block in protocols.items()},
+                   failed={p: block.pairs_failed for p, block in protocols.items()},
+                   frames={p: block.frames for p, block in protocols.items()},
+                   headline={p: {**{name: block.metrics[name].mean for name in HEADLINE if name in block.metrics},
+                                 "fid": block.distribution.fid}
                              for p, block in protocols.items()},
-                   networks=written["networks"], seconds=seconds)
+                   networks=written.networks, seconds=seconds)
 
     def lines(self) -> list[str]:
         lines = []
@@ -53,8 +53,8 @@ class EvaluateSummary(FlowSummary):
             lines.append(f"{protocol}: {pairs} pairs ({self.failed[protocol]} failed), {self.frames[protocol]} "
                          f"frames; {figures}")
         names = self.networks
-        lines.append(f"measured by: identity {names['identity']}, LPIPS {names['lpips'] or '-'}, Net3D "
-                     f"{names['net3d']}, FID {names['inception'] or '-'}")
+        lines.append(f"measured by: identity {names.identity}, LPIPS {names.lpips or 'not measured'}, Net3D "
+                     f"{names.net3d}, FID {names.inception or 'not measured'}")
         lines.append(f"results: {shown(self.out)} ({self.seconds:.1f} s)")
         return lines
 
@@ -104,7 +104,9 @@ def evaluate(config: EvaluateConfig, runner: RunnerConfig = RunnerConfig(),
     AED (the Net3D's reading of the result vs the driving frame), and with a truth table the pose and expression
     errors against a synthetic world's true parameters; FID/KID per protocol; the linearity of A. Every figure names
     the network that measured it; seeds are fixed and the pair lists are saved. The frames are reenacted in
-    memory, never written as videos. With --compare, every set is measured on the same pairs."""
+    memory, never written as videos. Writes to --out: config.json, pairs/, frames.parquet, clips.parquet,
+    distribution.parquet, the linearity tables, samples/ and, last, summary.json (benchmark-report reads the
+    folder). With --compare, every set is measured on the same pairs."""
     if not compare:
         return _measure(config, runner)
     sets = compared_sets(config, compare)
@@ -112,10 +114,9 @@ def evaluate(config: EvaluateConfig, runner: RunnerConfig = RunnerConfig(),
     (out / SETS_FILE).unlink(missing_ok=True)
     summaries = {label: _measure(config.model_copy(update={"out": str(out / label), "reenact": reenact}), runner)
                  for label, reenact in sets.items()}
-    write_json(out / SETS_FILE, {"sets": [{"label": label, "weights": reenact.weights,
-                                           "weights_dir": reenact.weights_dir,
-                                           "feature_transformer": reenact.feature_transformer}
-                                          for label, reenact in sets.items()]})  # last: the comparison is complete
+    EvaluationSets(sets=[SetEntry(label=label, weights=reenact.weights, weights_dir=reenact.weights_dir,
+                                  feature_transformer=reenact.feature_transformer)
+                         for label, reenact in sets.items()]).write(out)  # last: the comparison is complete
     return SetsSummary(out=str(out), sets=summaries)
 
 
@@ -137,7 +138,7 @@ def _measure(config: EvaluateConfig, runner: RunnerConfig) -> EvaluateSummary:
     rows = [{"protocol": protocol, "pairs": summary.pairs[protocol], "failed": summary.failed[protocol],
              "frames": summary.frames[protocol], **summary.headline[protocol]} for protocol in summary.pairs]
     publish(summary, "evaluate", rows, tuple(dict.fromkeys(key for row in rows for key in row)),
-            link=str(Path(config.out) / "summary.json"))
+            link=str(Path(config.out) / SUMMARY_FILE))
     return summary
 
 

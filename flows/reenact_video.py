@@ -9,36 +9,21 @@ from pydantic import Field
 
 from flows.summary import FlowSummary, publish, shown
 from tasks.preprocess import detector_for
-from tasks.reenact import Mode, ReenactConfig, check_request, networks_for, prepare_source_task, reenact_task
+from tasks.reenact import (Mode, ReenactConfig, RenderedVideo, check_request, networks_for, prepare_source_task,
+                           reenact_task)
 
 
-class ReenactSummary(FlowSummary):
-    output: str
-    frames: int
-    fps: float
-    width: int
-    height: int
-    has_audio: bool
-    source: str
-    driving: str
-    source_from_store: bool
-    driving_from_store: bool
-    frames_without_face: int
-    stretches_without_face: list[tuple[int, int]]
-    weights: str
-    face3d: str
-    device: str
-    config_hash: str
-    seconds_render: float
+class ReenactSummary(RenderedVideo, FlowSummary):
+    """The rendered video (`RenderedVideo`'s fields), timed from the flow's start."""
+
     seconds: float
-    seconds_to_first_frame: float  # from the flow's start to the first frame handed to the encoder
-    stage_seconds: dict[str, float]  # per stage of the stream: seconds in its own work (they overlap)
-    face_scale: float | None = None  # detection scale of the driving face (finer than the working one: small)
-    source_face_scale: float | None = None
-    detections: dict[str, int] | None = None  # frames where the detector ran on the driving video, by reason
-    tuning: dict | None = None  # G tuned on the source (tune_steps): steps, seconds, losses before and after
-    feature_transformer: str | None = None  # what refined G's features (None: G alone)
-    first_frame_at: float | None = None  # wall-clock time (epoch seconds) of the first written frame
+    # seconds_to_first_frame: from the flow's start (the source's preparation included) to the first frame encoded
+
+    @classmethod
+    def of(cls, rendered: RenderedVideo, started: float, wall: float) -> ReenactSummary:
+        """`rendered`, timed from the flow's start (`started` on the performance counter, `wall` in epoch seconds)."""
+        return cls.model_validate({**rendered.model_dump(), "seconds": time.perf_counter() - started,
+                                   "seconds_to_first_frame": rendered.first_frame_at - wall})
 
     @property
     def frames_per_second(self) -> float:
@@ -49,8 +34,7 @@ class ReenactSummary(FlowSummary):
 
         slowest = max(self.stage_seconds, key=self.stage_seconds.get)
         started = psutil.Process().create_time()  # the command's own start: imports and Prefect's API included
-        first = f"first frame written {self.first_frame_at - started:.1f} s after the process started; " \
-            if self.first_frame_at else ""
+        first = f"first frame written {self.first_frame_at - started:.1f} s after the process started; "
         return [f"{self.frames} frames at {self.fps:g} fps, {self.width}x{self.height}"
                 f"{', with audio' if self.has_audio else ''}; {self.frames_without_face} without a readable face; "
                 f"{self.seconds:.1f} s ({self.frames_per_second:.1f} frames/s on {self.device})",
@@ -90,14 +74,12 @@ def reenact_video(
     check_request(source, source_frame, mode)
     networks_for(config)  # fail fast on a setup problem (unknown set, missing weights) before decoding anything
     face = prepare_source_task(source, source_frame, config, store, cache) if mode == "cross" else None
-    rendered = reenact_task(driving, face, output, config, store, cache)
-    first = rendered["first_frame_at"] - wall
-    summary = ReenactSummary(**{**rendered, "seconds_to_first_frame": first}, seconds=time.perf_counter() - started)
+    summary = ReenactSummary.of(reenact_task(driving, face, output, config, store, cache), started, wall)
     stages = [{"stage": name, "seconds": round(seconds, 2),
                "frames_per_second": round(summary.frames / seconds, 1) if seconds > 0 else None}
               for name, seconds in summary.stage_seconds.items()]
     logger.info("source %s, driving %s: %d frames at %.2f fps (%d without a readable face); first frame after "
                 "%.1f s; stages (overlapped): %s", summary.source, summary.driving, summary.frames, summary.fps,
-                summary.frames_without_face, first, ", ".join(f"{s['stage']} {s['seconds']} s" for s in stages))
+                summary.frames_without_face, summary.seconds_to_first_frame, ", ".join(f"{s['stage']} {s['seconds']} s" for s in stages))
     publish(summary, "reenact-video", stages, ("stage", "seconds", "frames_per_second"), link=summary.output)
     return summary

@@ -18,7 +18,6 @@ finds the `demo` set when the weights directory has none of its own.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,7 +33,8 @@ from flows.summary import FlowSummary, publish, shown
 from models.directions import PARAM_NAMES
 from storage.store import ClipStore
 from tasks.encode import EncodeConfig
-from tasks.evaluate import SUMMARY_FILE, EvaluateConfig, generate
+from tasks.evaluate import EvaluateConfig, generate
+from tasks.evaluation_summary import EvaluationSummary
 from tasks.metrics import MetricsConfig
 from tasks.preprocess import PreprocessConfig
 from tasks.reenact import CLIP_PREFIX, ReenactConfig, prepare_inputs
@@ -110,7 +110,7 @@ def train_demo_weights(
 def heldout_evaluation(root: Path, weights_dir: str | None = None) -> Path:
     """The held-out world (people the demo set never saw) made and preprocessed under `root`, and `evaluate`'s
     cross-reenactment of it against the true parameters, with the demo set of `weights_dir` (None: the bundled
-    one); returns the evaluation's summary.json."""
+    one); returns the evaluation's folder."""
     world = make_synthetic_dataset(out=str(root / "heldout"), config=HELDOUT_WORLD)
     store = str(root / "heldout.zarr")
     preprocess_dataset(input=world.out, store=store, config=PreprocessConfig(fps=25))
@@ -118,23 +118,23 @@ def heldout_evaluation(root: Path, weights_dir: str | None = None) -> Path:
         store=store, out=str(root / "heldout-evaluation"), protocols=["cross"], cross_count=12, truth=world.truth,
         fid=False, reenact=ReenactConfig(weights="demo", weights_dir=weights_dir),
         metrics=MetricsConfig(identity="dlib")))
-    return Path(evaluation.out) / SUMMARY_FILE
+    return Path(evaluation.out)
 
 
-def heldout_figures(summary_path: Path) -> dict[str, Any]:
-    """The held-out errors of an evaluation's summary.json: means over frames, per parameter too (reenacted,
-    static and the driving frame's own reading, each against the truth), and the networks that measured them."""
-    cross = json.loads(summary_path.read_text())["protocols"]["cross"]
-    metrics = cross["metrics"]
-    figures: dict[str, Any] = {name: metrics[metric]["mean"] for name, metric in HELDOUT_FIGURES.items()
+def heldout_figures(evaluation: Path) -> dict[str, Any]:
+    """The held-out errors of an evaluation folder's summary.json: means over frames, per parameter too
+    (reenacted, static and the driving frame's own reading, each against the truth), and the networks that
+    measured them."""
+    cross = EvaluationSummary.read(evaluation).protocols["cross"]
+    metrics = cross.metrics
+    figures: dict[str, Any] = {name: metrics[metric].mean for name, metric in HELDOUT_FIGURES.items()
                                if metric in metrics}
-    figures["per_parameter"] = {name: {kind: metrics[f"{prefix}{metric}"]["mean"] for kind, prefix in
+    figures["per_parameter"] = {name: {kind: metrics[f"{prefix}{metric}"].mean for kind, prefix in
                                        (("reenacted", "truth_"), ("static", "static_truth_"),
                                         ("driving", "driving_truth_"))}
                                 for name, metric in PARAMETER_METRICS.items()}
-    figures.update(pairs=cross["pairs"], frames=cross["frames"], faces_found=cross["faces_found"]["result"],
-                   net3d=metrics["truth_apd"]["network"], identity=metrics["csim"]["network"],
-                   evaluation=str(summary_path.parent))
+    figures.update(pairs=cross.pairs, frames=cross.frames, faces_found=cross.faces_found.result,
+                   net3d=metrics["truth_apd"].network, identity=metrics["csim"].network, evaluation=str(evaluation))
     return figures
 
 

@@ -38,7 +38,8 @@ Every figure names the network that measured it. The output folder (`out`):
     summary.json             per protocol and metric: mean, std, n, n_missing, network; FID/KID; the environment
 
 Several weights sets (`flows.evaluate.evaluate_sets`) give one such folder per set, `<out>/<label>/`, and
-`<out>/sets.json` (SETS_FILE: the labels in order, each set's weights and weights directory), written last.
+`<out>/sets.json` (the labels in order, each set's weights and weights directory), written last. config.json is
+`RunRecord`; summary.json and sets.json are `tasks.evaluation_summary`'s models, read back by the same classes.
 
 Every file is written whole or not at all; a rerun into the same folder first removes the previous run's files of
 this list (and nothing else), and writes summary.json last, so its presence marks a complete run.
@@ -46,7 +47,6 @@ this list (and nothing else), and writes summary.json last, so its presence mark
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import re
@@ -54,7 +54,7 @@ import shutil
 from dataclasses import dataclass
 from datetime import datetime, UTC
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -71,6 +71,9 @@ from storage.settings import PROJECT_ROOT
 from storage.store import ClipKey, ClipStore
 from storage.weights import UnknownWeightsError, reenaction_set
 from tasks.encode import ranges_path
+from tasks.evaluation_summary import (SUMMARY_FILE, DistributionScores, Environment, EvaluationSummary,
+                                      FacesFound, JsonFile, LinearitySummary, MetricStatistics, Networks,
+                                      ProtocolSummary, WeightsRecord)
 from tasks.metrics import (DEFAULT_MAGNITUDES, MetricsConfig, csim, distribution_scores, expression_distance,
                            fit_linearity, identity_retrieval, inception_features, lpips, metric_networks,
                            pose_distance, sweep_directions)
@@ -85,16 +88,14 @@ PROTOCOLS: tuple[Protocol, ...] = ("self", "cross")
 FRAME_ID_COLUMNS = ["protocol", "pair", "source", "source_frame", "driving", "frame"]
 FOUND_COLUMNS = ["result_found", "static_found", "driving_found"]  # the Net3D read that face
 PAIR_COLUMNS = ["protocol", "pair", "source", "driving"]
-DISTRIBUTION_COLUMNS = ["protocol", "fid", "kid_mean", "kid_std", "kid_subsets", "kid_subset_size", "n_real",
-                        "n_fake", "network", "fid_method"]
+DISTRIBUTION_COLUMNS = list(DistributionScores.model_fields)
 NETWORK_OF_FAMILY = {"csim": "identity", "retrieval": "identity", "lpips": "lpips", "apd": "net3d", "aed": "net3d",
                      "pixel": None, "inversion": None}  # pixel differences: no network
 NOT_IN_CROSS = ("lpips", "pixel", "static_pixel")  # cross-reenactment has no ground-truth frame to compare with
 
 CONFIG_FILE, FRAMES_FILE, CLIPS_FILE = "config.json", "frames.parquet", "clips.parquet"
 DISTRIBUTION_FILE, LINEARITY_FILE, SWEEP_FILE = "distribution.parquet", "linearity.parquet", "linearity_sweep.parquet"
-SUMMARY_FILE, PAIRS_DIR, SAMPLES_DIR = "summary.json", "pairs", "samples"
-SETS_FILE = "sets.json"  # a folder of several sets' evaluations
+PAIRS_DIR, SAMPLES_DIR = "pairs", "samples"
 TRUTH_KEYS = ["identity", "video", "clip", "frame"]
 
 
@@ -146,7 +147,7 @@ class EvaluationPlan:
 
     clips: list[ClipKey]
     pairs: dict[str, list[ReenactPair]]
-    networks: dict[str, str | None]  # identity, lpips, inception, net3d, generator, encoder, directions
+    networks: Networks
     weights_sha256: dict[str, str]
     aed_ranges: str  # where AED's min-max table comes from
 
@@ -162,23 +163,50 @@ def plan_evaluation(config: EvaluateConfig) -> EvaluationPlan:
                           aed_ranges(config)[1])
     out = Path(config.out)
     clear_previous(out)
-    write_json(out / CONFIG_FILE, run_record(config, plan))
+    run_record(config, plan).write(out)
     for protocol, chosen in pairs.items():
         write_pairs(chosen, out / PAIRS_DIR / f"{protocol}.parquet")
     return plan
 
 
-def run_record(config: EvaluateConfig, plan: EvaluationPlan) -> dict:
+class ResolvedSettings(BaseModel):
+    """What the config's defaults resolved to."""
+
+    face3d: str
+    truncation: float
+    shift_scale: float
+    device: str
+    metrics_device: str
+
+
+class Split(BaseModel):
+    identities: list[str]
+    clips: list[str]  # identity/video/clip
+
+
+class RunRecord(JsonFile):
     """config.json: the config as given, what its defaults resolved to, the weights, networks, seeds and split."""
+
+    FILE: ClassVar[str] = CONFIG_FILE
+
+    config: EvaluateConfig
+    resolved: ResolvedSettings
+    weights: WeightsRecord
+    networks: Networks
+    aed_ranges: str
+    seeds: dict[str, int]  # pairs, kid
+    split: Split
+
+
+def run_record(config: EvaluateConfig, plan: EvaluationPlan) -> RunRecord:
     networks = networks_for(config.reenact)
-    return {"config": config.model_dump(),
-            "resolved": {"face3d": networks.encode_config.face3d, "truncation": networks.reenactor.truncation,
-                         "shift_scale": networks.reenactor.shift_scale, "device": str(networks.device),
-                         "metrics_device": str(metric_networks(config.metrics).device)},
-            "weights": {"set": config.reenact.weights, "sha256": plan.weights_sha256}, "networks": plan.networks,
-            "aed_ranges": plan.aed_ranges, "seeds": {"pairs": config.seed, "kid": config.metrics.seed},
-            "split": {"identities": sorted({key.identity for key in plan.clips}),
-                      "clips": [str(key) for key in plan.clips]}}
+    return RunRecord(
+        config=config, weights=WeightsRecord(set=config.reenact.weights, sha256=plan.weights_sha256),
+        resolved=ResolvedSettings(face3d=networks.encode_config.face3d, truncation=networks.reenactor.truncation,
+                                  shift_scale=networks.reenactor.shift_scale, device=str(networks.device),
+                                  metrics_device=str(metric_networks(config.metrics).device)),
+        networks=plan.networks, aed_ranges=plan.aed_ranges, seeds={"pairs": config.seed, "kid": config.metrics.seed},
+        split=Split(identities=sorted({key.identity for key in plan.clips}), clips=[str(key) for key in plan.clips]))
 
 
 def check_request(config: EvaluateConfig) -> tuple[ClipStore, list[ClipKey]]:
@@ -201,15 +229,15 @@ def seeded_subset(items: list, count: int | None, seed: int) -> list:
     return [items[index] for index in chosen]
 
 
-def measuring_networks(config: EvaluateConfig) -> dict[str, str | None]:
+def measuring_networks(config: EvaluateConfig) -> Networks:
     """The name of every network behind a figure (loading each: missing weights fail here, with the file to get)."""
     networks = networks_for(config.reenact)
     metrics = metric_networks(config.metrics)
     weights = reenaction_set(config.reenact.weights)
-    return {"identity": metrics.identity.name, "lpips": _lpips_network(config),
-            "inception": metrics.inception.name if config.fid else None, "net3d": networks.encode_config.face3d,
-            "generator": weights.generator, "encoder": weights.encoder, "directions": weights.directions,
-            "feature_transformer": networks.feature_transformer}
+    return Networks(identity=metrics.identity.name, lpips=_lpips_network(config),
+                    inception=metrics.inception.name if config.fid else None, net3d=networks.encode_config.face3d,
+                    generator=weights.generator, encoder=weights.encoder, directions=weights.directions,
+                    feature_transformer=networks.feature_transformer)
 
 
 def _lpips_network(config: EvaluateConfig) -> str | None:
@@ -253,13 +281,6 @@ def weights_choices(choices: list[str], weights_dir: str | None = None) -> dict[
             raise ValueError(f"--weights: {label!r} twice; give each set its own label, LABEL=SET[@WEIGHTS_DIR]")
         sets[label] = (name, directory if has_dir else weights_dir)
     return sets
-
-
-def read_sets(root: str | Path) -> list[dict] | None:
-    """The sets of a several-set evaluation folder in their order (label, weights, weights_dir), or None when the
-    folder is one set's."""
-    path = Path(root) / SETS_FILE
-    return json.loads(path.read_text())["sets"] if path.is_file() else None
 
 
 # --- the truth of a synthetic world -----------------------------------------------------------------------------------
@@ -466,21 +487,30 @@ def sample_grid(source: np.ndarray, driving: np.ndarray, results: np.ndarray) ->
 
 # --- the whole protocol ------------------------------------------------------------------------------------------------
 
-def distribution_row(protocol: str, evaluations: list[PairEvaluation], config: EvaluateConfig) -> dict:
-    """FID and KID of a protocol's results against its driving frames (NaN with fewer than 2 of either)."""
+def distribution_row(protocol: str, evaluations: list[PairEvaluation], config: EvaluateConfig) -> DistributionScores:
+    """FID and KID of a protocol's results against its driving frames (None with fewer than 2 of either, or
+    without --fid)."""
     done = [evaluation for evaluation in evaluations if evaluation.status == "ok" and config.fid]
     fakes = np.concatenate([e.result_features for e in done]) if done else np.empty((0, 0))
     reals = np.concatenate([e.real_features for e in done]) if done else np.empty((0, 0))
     network = metric_networks(config.metrics).inception.name if config.fid else None
-    row = dict.fromkeys(DISTRIBUTION_COLUMNS, math.nan)
-    row.update(protocol=protocol, n_fake=len(fakes), n_real=len(reals), network=network, fid_method=None)
-    if min(len(fakes), len(reals)) >= 2:
-        metrics = config.metrics
-        scores = distribution_scores(fakes, reals, network, metrics.kid_subsets, metrics.kid_subset_size,
-                                     metrics.seed, fid_method="auto")
-        row.update(fid=scores.fid, kid_mean=scores.kid, kid_std=scores.kid_std, kid_subsets=scores.kid_subsets,
-                   kid_subset_size=scores.kid_subset_size, fid_method=scores.fid_method)
-    return row
+    row = DistributionScores(protocol=protocol, n_fake=len(fakes), n_real=len(reals), network=network)
+    if min(len(fakes), len(reals)) < 2:
+        return row
+    metrics = config.metrics
+    scores = distribution_scores(fakes, reals, network, metrics.kid_subsets, metrics.kid_subset_size, metrics.seed,
+                                 fid_method="auto")
+    return DistributionScores(**{**row.model_dump(), "fid": scores.fid, "kid_mean": scores.kid,
+                                 "kid_std": scores.kid_std, "kid_subsets": scores.kid_subsets,
+                                 "kid_subset_size": scores.kid_subset_size, "fid_method": scores.fid_method})
+
+
+def distribution_table(rows: list[DistributionScores]) -> pd.DataFrame:
+    """distribution.parquet: one row per protocol, NaN where not measured."""
+    table = pd.DataFrame([row.model_dump() for row in rows], columns=DISTRIBUTION_COLUMNS)
+    numbers = ["fid", "kid_mean", "kid_std", "kid_subsets", "kid_subset_size"]
+    table[numbers] = table[numbers].astype(np.float64)
+    return table
 
 
 def frames_table(evaluations: list[PairEvaluation]) -> pd.DataFrame:
@@ -511,24 +541,23 @@ def clips_table(evaluations: list[PairEvaluation], frames: pd.DataFrame) -> pd.D
     return table
 
 
-def metric_summary(frames: pd.DataFrame, networks: dict[str, str | None]) -> dict[str, dict[str, dict]]:
+def metric_summary(frames: pd.DataFrame, networks: Networks) -> dict[str, dict[str, MetricStatistics]]:
     """Per protocol and metric: mean and std (n - 1) over the frames that measured it, n, n_missing (frames it
     could not be measured on: NaN) and the network that measured it."""
-    summary = {}
-    for protocol, group in frames.groupby("protocol", sort=False):
-        summary[protocol] = {column: {**_statistics(group[column]), "network": networks.get(_network_of(column))}
-                             for column in metric_columns(group, protocol)}
-    return summary
+    return {protocol: {column: _statistics(group[column], networks, column)
+                       for column in metric_columns(group, protocol)}
+            for protocol, group in frames.groupby("protocol", sort=False)}
 
 
-def _statistics(values: pd.Series) -> dict:
+def _statistics(values: pd.Series, networks: Networks, column: str) -> MetricStatistics:
     measured = values.dropna()
-    return {"mean": _number(measured.mean()), "std": _number(measured.std()), "n": len(measured),
-            "n_missing": int(values.isna().sum())}
+    role = _network_of(column)
+    return MetricStatistics(mean=measured.mean(), std=measured.std(), n=len(measured),
+                            n_missing=int(values.isna().sum()), network=getattr(networks, role) if role else None)
 
 
 def _network_of(column: str) -> str | None:
-    """The network key of a metric column: its family (csim, lpips, apd, aed; pixel, inversion: None) is one of its
+    """The network role of a metric column: its family (csim, lpips, apd, aed; pixel, inversion: None) is one of its
     words."""
     return next(NETWORK_OF_FAMILY[word] for word in column.split("_") if word in NETWORK_OF_FAMILY)
 
@@ -551,48 +580,48 @@ def linearity_tables(config: EvaluateConfig, clips: list[ClipKey]) -> tuple[pd.D
     return fits, sweep
 
 
-def linearity_summary(fits: pd.DataFrame, networks: dict[str, str | None]) -> dict:
+def linearity_summary(fits: pd.DataFrame, networks: Networks) -> LinearitySummary:
     fitted = fits[fits["points"] > 0]
-    return {"directions": len(fits), "fitted": len(fitted),
-            **{f"{column}_mean": _number(fitted[column].mean()) for column in ("slope", "r2", "crosstalk")},
-            "networks": {name: networks[name] for name in ("generator", "directions", "net3d")}}
+    return LinearitySummary(directions=len(fits), fitted=len(fitted), slope_mean=fitted["slope"].mean(),
+                            r2_mean=fitted["r2"].mean(), crosstalk_mean=fitted["crosstalk"].mean(),
+                            networks=networks.model_dump(include={"generator", "directions", "net3d"}))
 
 
-def protocol_summary(evaluations: list[PairEvaluation], frames: pd.DataFrame, metrics: dict,
-                     distribution: dict) -> dict:
+def protocol_summary(evaluations: list[PairEvaluation], frames: pd.DataFrame,
+                     metrics: dict[str, MetricStatistics], distribution: DistributionScores) -> ProtocolSummary:
     """summary.json's block of one protocol: pairs, frames, the share of faces found, the statistics of every
     metric (`metric_summary`), FID and KID."""
-    return {"pairs": len(evaluations), "pairs_failed": sum(e.status == "failed" for e in evaluations),
-            "frames": len(frames), "faces_found": {column.removesuffix("_found"): _number(frames[column].mean())
-                                                   for column in FOUND_COLUMNS if column in frames},
-            "metrics": metrics, "distribution": distribution}
+    found = {column.removesuffix("_found"): frames[column].mean() for column in FOUND_COLUMNS if column in frames}
+    return ProtocolSummary(pairs=len(evaluations), pairs_failed=sum(e.status == "failed" for e in evaluations),
+                           frames=len(frames), faces_found=FacesFound(**found), metrics=metrics,
+                           distribution=distribution)
 
 
 def write_results(config: EvaluateConfig, plan: EvaluationPlan, evaluations: dict[str, list[PairEvaluation]],
-                  distribution: list[dict], linearity: tuple[pd.DataFrame, pd.DataFrame] | None,
-                  seconds: float) -> dict:
+                  distribution: list[DistributionScores], linearity: tuple[pd.DataFrame, pd.DataFrame] | None,
+                  seconds: float) -> EvaluationSummary:
     """Write the tables and, last, summary.json (returned)."""
     out = Path(config.out)
     every = [evaluation for protocol in evaluations.values() for evaluation in protocol]
     frames = frames_table(every)
     write_table(frames, out / FRAMES_FILE)
     write_table(clips_table(every, frames), out / CLIPS_FILE)
-    write_table(pd.DataFrame(distribution, columns=DISTRIBUTION_COLUMNS), out / DISTRIBUTION_FILE)
+    write_table(distribution_table(distribution), out / DISTRIBUTION_FILE)
     if linearity is not None:
         write_table(linearity[0], out / LINEARITY_FILE)
         write_table(linearity[1], out / SWEEP_FILE)
     metrics = metric_summary(frames, plan.networks)
-    scores = {row["protocol"]: row for row in distribution}
-    summary = {
-        "protocols": {protocol: protocol_summary(done, frames[frames["protocol"] == protocol],
-                                                 metrics.get(protocol, {}), scores[protocol])
-                      for protocol, done in evaluations.items()},
-        "linearity": linearity_summary(linearity[0], plan.networks) if linearity is not None else None,
-        "networks": plan.networks, "aed_ranges": plan.aed_ranges,
-        "weights": {"set": config.reenact.weights, "sha256": plan.weights_sha256},
-        "environment": environment(networks_for(config.reenact).device), "seconds": seconds}
-    write_json(out / SUMMARY_FILE, summary)
-    return _jsonable(summary)
+    scores = {row.protocol: row for row in distribution}
+    summary = EvaluationSummary(
+        protocols={protocol: protocol_summary(done, frames[frames["protocol"] == protocol],
+                                              metrics[protocol] if protocol in metrics else {}, scores[protocol])
+                   for protocol, done in evaluations.items()},
+        linearity=linearity_summary(linearity[0], plan.networks) if linearity is not None else None,
+        networks=plan.networks, aed_ranges=plan.aed_ranges,
+        weights=WeightsRecord(set=config.reenact.weights, sha256=plan.weights_sha256),
+        environment=environment(networks_for(config.reenact).device), seconds=seconds)
+    summary.write(out)
+    return summary
 
 
 # --- files -------------------------------------------------------------------------------------------------------------
@@ -612,12 +641,6 @@ def write_table(table: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def write_json(path: Path, content: dict) -> Path:
-    with atomic_path(path) as partial:
-        partial.write_text(json.dumps(_jsonable(content), indent=1, allow_nan=False))
-    return path
-
-
 def write_png(path: Path, image: np.ndarray) -> Path:
     with atomic_path(path) as partial:
         Image.fromarray(image).save(partial, format="PNG")  # the temporary name has no .png suffix
@@ -628,29 +651,16 @@ def _number(value) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def _jsonable(value):
-    """NaN and infinities as null (strict JSON), numpy scalars as Python numbers."""
-    if isinstance(value, dict):
-        return {str(key): _jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    if isinstance(value, (float, np.floating)):
-        return _number(float(value))
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-def environment(device: torch.device) -> dict:
-    """What produced the figures: versions, device, code, time."""
+def environment(device: torch.device) -> Environment:
     import prefect
     import zarr
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "prefect": prefect.__version__, "zarr": zarr.__version__, "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-            or platform.machine(), "code_version": code_version(), "git_commit": git_commit(),
-            "time": datetime.now(UTC).isoformat(timespec="seconds")}
+    return Environment(
+        python=platform.python_version(), torch=torch.__version__, numpy=np.__version__, prefect=prefect.__version__,
+        zarr=zarr.__version__, device=str(device),
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+        or platform.machine(), code_version=code_version(), git_commit=git_commit(),
+        time=datetime.now(UTC).isoformat(timespec="seconds"))
 
 
 def git_commit(root: Path = PROJECT_ROOT) -> str | None:
@@ -689,7 +699,7 @@ def evaluate_pair_task(pair: ReenactPair, protocol: str, config: EvaluateConfig,
 
 
 @task(name="distribution-scores", cache_policy=NO_CACHE, task_run_name="fid-kid {protocol}")
-def distribution_task(protocol: str, evaluations: list[PairEvaluation], config: EvaluateConfig) -> dict:
+def distribution_task(protocol: str, evaluations: list[PairEvaluation], config: EvaluateConfig) -> DistributionScores:
     return distribution_row(protocol, evaluations, config)
 
 
@@ -700,6 +710,6 @@ def linearity_task(config: EvaluateConfig, clips: list[ClipKey]) -> tuple[pd.Dat
 
 @task(name="write-results", cache_policy=NO_CACHE)
 def write_results_task(config: EvaluateConfig, plan: EvaluationPlan, evaluations: dict[str, list[PairEvaluation]],
-                       distribution: list[dict], linearity: tuple[pd.DataFrame, pd.DataFrame] | None,
-                       seconds: float) -> dict:
+                       distribution: list[DistributionScores], linearity: tuple[pd.DataFrame, pd.DataFrame] | None,
+                       seconds: float) -> EvaluationSummary:
     return write_results(config, plan, evaluations, distribution, linearity, seconds)

@@ -661,13 +661,43 @@ class _reading:
 
 # --- the output --------------------------------------------------------------------------------------------------------
 
+class RenderedVideo(BaseModel):
+    """What `reenact` wrote and how: the video, its inputs, the networks, the faces missed, the time per stage."""
+
+    output: str
+    frames: int
+    fps: float
+    width: int
+    height: int
+    has_audio: bool
+    source: str
+    driving: str
+    source_from_store: bool
+    driving_from_store: bool
+    frames_without_face: int
+    stretches_without_face: list[tuple[int, int]]  # (first, last) frames of each run without a readable face
+    weights: str
+    face3d: str
+    device: str
+    config_hash: str
+    seconds_render: float
+    seconds_to_first_frame: float  # from the start of `reenact` to the first frame handed to the encoder
+    first_frame_at: float  # wall-clock time (epoch seconds) of the first written frame
+    stage_seconds: dict[str, float]  # per stage of the stream: seconds in its own work (they overlap)
+    face_scale: float | None = None  # detection scale of the driving face (finer than the working one: small)
+    source_face_scale: float | None = None
+    detections: dict[str, int] | None = None  # frames where the detector ran on the driving video, by reason
+    tuning: dict | None = None  # G tuned on the source (tune_steps): steps, seconds, losses before and after
+    feature_transformer: str | None = None  # what refined G's features (None: G alone)
+
+
 def reenact(driving: str, source: SourceFace | None, output: str | Path, config: ReenactConfig,
-            store: ClipStore | None = None, cache: bool = False, threaded: bool = True) -> dict:
+            store: ClipStore | None = None, cache: bool = False, threaded: bool = True) -> RenderedVideo:
     """Reenact `driving` (a video file, or `clip:identity/video/clip` of `store`) with `source` (None: the paper's
     self-reenactment, the driving clip's first frame) into `output`: H.264 at the driving fps, its audio muxed.
 
     One pass over the driving frames, its stages overlapped (module docstring). The file appears only when it is
-    complete; a failure in any stage stops them all and leaves nothing at `output`. Returns the summary.
+    complete; a failure in any stage stops them all and leaves nothing at `output`. Returns what was rendered.
     `threaded=False` runs the same stages one after another in this thread (to measure what the overlap gains)."""
     started = time.perf_counter()
     output = Path(output)
@@ -701,20 +731,16 @@ def reenact(driving: str, source: SourceFace | None, output: str | Path, config:
              len(read), seconds, len(read) / seconds, first_frame_s,
              ", ".join(f"{name} {value:.1f} s" for name, value in stage_seconds.items()))
     tracker = stream.tracker
-    return {
-        "output": str(output), "frames": len(read), "fps": stream.fps, "has_audio": stream.has_audio,
-        "width": size[0], "height": size[1], "source": rendering.source.name, "driving": stream.name,
-        "source_from_store": rendering.source.from_store, "driving_from_store": stream.from_store,
-        "frames_without_face": int((~read).sum()), "stretches_without_face": false_runs(read),
-        "weights": config.weights, "face3d": networks.encode_config.face3d, "device": str(networks.device),
-        "feature_transformer": networks.feature_transformer,
-        "config_hash": config.output_hash(), "seconds_render": seconds, "seconds_to_first_frame": first_frame_s,
-        "first_frame_at": first_frame_at,
-        "stage_seconds": stage_seconds,
-        "face_scale": tracker.scale if tracker is not None else None, "source_face_scale": rendering.source.scale,
-        "detections": dict(tracker.detections) if tracker is not None else None,
-        "tuning": rendering.source.tuning,
-    }
+    return RenderedVideo(
+        output=str(output), frames=len(read), fps=stream.fps, has_audio=stream.has_audio, width=size[0],
+        height=size[1], source=rendering.source.name, driving=stream.name,
+        source_from_store=rendering.source.from_store, driving_from_store=stream.from_store,
+        frames_without_face=int((~read).sum()), stretches_without_face=false_runs(read), weights=config.weights,
+        face3d=networks.encode_config.face3d, device=str(networks.device),
+        feature_transformer=networks.feature_transformer, config_hash=config.output_hash(), seconds_render=seconds,
+        seconds_to_first_frame=first_frame_s, first_frame_at=first_frame_at, stage_seconds=stage_seconds,
+        face_scale=tracker.scale if tracker is not None else None, source_face_scale=rendering.source.scale,
+        detections=dict(tracker.detections) if tracker is not None else None, tuning=rendering.source.tuning)
 
 
 class _Rendering:
@@ -813,7 +839,7 @@ def prepare_source_task(source: str, frame: int, config: ReenactConfig, store: s
 
 @task(name="reenact-stream", cache_policy=NO_CACHE)
 def reenact_task(driving: str, source: SourceFace | None, output: str, config: ReenactConfig, store: str | None,
-                 cache: bool) -> dict:
+                 cache: bool) -> RenderedVideo:
     return reenact(driving, source, output, config, _open_store(store, cache), cache)
 
 

@@ -10,7 +10,6 @@ it stopped and a changed setting redoes every pair; a pair that fails gets a `fa
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import traceback
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ValidationError
 
 from models import MissingWeightsError
 from storage.files import atomic_path, sha256_file
@@ -25,14 +25,21 @@ from storage.manifest import finish_row
 from storage.store import ClipKey, ClipStore
 from storage.weights import UnknownWeightsError
 from tasks.protocols import ReenactPair
-from tasks.reenact import (CLIP_PREFIX, ReenactConfig, ReenactInputError, check_request, networks_for,
-                           prepare_source, reenact)
+from tasks.reenact import (CLIP_PREFIX, ReenactConfig, ReenactInputError, RenderedVideo, check_request,
+                           networks_for, prepare_source, reenact)
 
 log = logging.getLogger(__name__)
 
 VIDEOS = "videos"
 PAIR_COLUMNS = ["name", "status", "error", "mode", "source", "source_frame", "driving", "output", "frames", "fps",
                 "frames_without_face", "config_hash", "seconds_total", "finished_at"]
+
+
+class DoneRecord(BaseModel):
+    """<out>/videos/<name>.json: what a pair's video was made from, and what `reenact` said of it."""
+
+    inputs: dict
+    summary: RenderedVideo
 
 
 def reenact_pair(pair: ReenactPair, out: Path, config: ReenactConfig, store: ClipStore | None = None,
@@ -48,16 +55,17 @@ def reenact_pair(pair: ReenactPair, out: Path, config: ReenactConfig, store: Cli
                   "source_frame": pair.source_frame, "mode": pair.mode, "config_hash": row["config_hash"],
                   "weights_sha256": networks_for(config).weights_sha256}
         done = _read_record(record_path)
-        if video.is_file() and done.get("inputs") == inputs:
-            row.update({key: done["summary"].get(key) for key in ("frames", "fps", "frames_without_face")})
+        if video.is_file() and done is not None and done.inputs == inputs:
+            row.update(frames=done.summary.frames, fps=done.summary.fps,
+                       frames_without_face=done.summary.frames_without_face)
             return finish_row(row, "skipped", started)
         check_request(pair.source, pair.source_frame, pair.mode)
         source = None if pair.mode == "self" else networks_for(config).tuned(
             prepare_source(pair.source, pair.source_frame, config, store, cache), config)
         summary = reenact(pair.driving, source, video, config, store, cache)
         with atomic_path(record_path) as partial:
-            partial.write_text(json.dumps({"inputs": inputs, "summary": summary}, indent=1))
-        row.update({key: summary[key] for key in ("frames", "fps", "frames_without_face")})
+            partial.write_text(DoneRecord(inputs=inputs, summary=summary).model_dump_json(indent=1))
+        row.update(frames=summary.frames, fps=summary.fps, frames_without_face=summary.frames_without_face)
         return finish_row(row, "ok", started)
     except (MissingWeightsError, UnknownWeightsError):
         raise  # a setup problem: stop the batch
@@ -85,11 +93,12 @@ def _fingerprint(text: str, store: ClipStore | None) -> dict:
     return {"file": str(path.resolve()), "sha256": sha256_file(path)}
 
 
-def _read_record(path: Path) -> dict:
+def _read_record(path: Path) -> DoneRecord | None:
+    """The pair's done-record; None when there is none or it is not one this code wrote (the pair is redone)."""
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
+        return DoneRecord.model_validate_json(path.read_text())
+    except (FileNotFoundError, ValidationError):
+        return None
 
 
 @task(name="reenact-pair", cache_policy=NO_CACHE, task_run_name="reenact {pair.name}")

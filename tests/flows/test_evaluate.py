@@ -5,6 +5,7 @@ the aggregation on a hand case, and bad requests through the CLI."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -26,7 +27,9 @@ from models.metrics.fid import frechet_distance
 from models.stylegan2 import Generator
 from storage.files import sha256_file
 from storage.store import ClipKey, ClipStore
-from tasks.evaluate import EvaluateConfig, check_request, clip_means, evaluated_frames, metric_summary, read_truth
+from tasks.evaluate import (EvaluateConfig, RunRecord, check_request, clip_means, evaluated_frames, metric_summary,
+                            read_truth)
+from tasks.evaluation_summary import EvaluationSets, EvaluationSummary, Networks
 from tasks.metrics import MetricsConfig, fid_of_features, lpips, metric_networks
 from tasks.protocols import cross_pairs, self_pairs
 from tasks.reenact import ReenactConfig, networks_for, prepare_inputs
@@ -110,16 +113,17 @@ def test_every_file_of_the_contract_is_written_and_parses(run, world):
     assert list(clips["status"]) == ["ok"] * 5 and list(clips["frames"]) == [FRAMES_PER_CLIP] * 5
     assert list(clips["pair"]) == [pair.name for pairs in expected.values() for pair in pairs]
 
-    recorded = json.loads((out / "config.json").read_text())
-    assert recorded["config"] == json.loads(config.model_dump_json())
-    assert recorded["weights"]["sha256"]["demo-generator"] == sha256_file(world / "weights/demo/generator.safetensors")
-    assert recorded["networks"]["net3d"] == "synth-regressor" and recorded["networks"]["identity"] == "dlib"
-    assert recorded["aed_ranges"] == "the demo directions' table"  # the store has no ranges file
+    assert json.loads((out / "config.json").read_text())["config"] == json.loads(config.model_dump_json())
+    recorded = RunRecord.read(out)
+    assert recorded.config == config
+    assert recorded.weights.sha256["demo-generator"] == sha256_file(world / "weights/demo/generator.safetensors")
+    assert recorded.networks.net3d == "synth-regressor" and recorded.networks.identity == "dlib"
+    assert recorded.aed_ranges == "the demo directions' table"  # the store has no ranges file
 
-    written = json.loads((out / "summary.json").read_text())
-    environment = written["environment"]
-    assert environment["torch"] == torch.__version__ and environment["device"] == "cpu" and environment["time"]
-    assert written["weights"]["set"] == "demo"
+    written = EvaluationSummary.read(out)
+    environment = written.environment
+    assert environment.torch == torch.__version__ and environment.device == "cpu" and environment.time
+    assert written.weights.set == "demo" and written.networks == recorded.networks
     assert sorted(path.name for path in (out / "samples" / "self").iterdir()) == sorted(
         f"{pair.name}.png" for pair in expected["self"][:2])
     assert not list(out.rglob("*.tmp"))  # nothing half-written left behind
@@ -129,10 +133,10 @@ def test_metrics_are_numbers_where_measurable_and_missing_where_no_face_is_found
     _, summary = run
     out = world / "out"
     frames = pd.read_parquet(out / "frames.parquet")
-    written = json.loads((out / "summary.json").read_text())
+    written = EvaluationSummary.read(out)
     self_frames, cross = frames[frames["protocol"] == "self"], frames[frames["protocol"] == "cross"]
     assert np.isfinite(self_frames["lpips"]).all() and (self_frames["lpips"] > 0).all()
-    assert cross["lpips"].isna().all() and "lpips" not in written["protocols"]["cross"]["metrics"]
+    assert cross["lpips"].isna().all() and "lpips" not in written.protocols["cross"].metrics
     assert np.isfinite(frames[["csim", "csim_driving"]]).all().all()  # the embedder reads aligned crops as they are
 
     # APD / AED need the Net3D to read both faces; frames where it could not are NaN, and counted
@@ -140,14 +144,14 @@ def test_metrics_are_numbers_where_measurable_and_missing_where_no_face_is_found
     assert (frames["apd"].isna() == ~readable).all() and (frames["truth_apd"].isna() == ~frames["result_found"]).all()
     assert frames["driving_found"].all()  # the real synthetic faces are read; the tiny G's noise (almost) never
     for protocol, group in frames.groupby("protocol"):
-        metrics = written["protocols"][protocol]["metrics"]
-        assert metrics["apd"]["n_missing"] == int((~readable[group.index]).sum())
-        assert metrics["apd"]["n"] + metrics["apd"]["n_missing"] == len(group)
-        assert metrics["apd"]["network"] == "synth-regressor" and metrics["csim"]["network"] == "dlib"
+        metrics = written.protocols[protocol].metrics
+        assert metrics["apd"].n_missing == int((~readable[group.index]).sum())
+        assert metrics["apd"].n + metrics["apd"].n_missing == len(group)
+        assert metrics["apd"].network == "synth-regressor" and metrics["csim"].network == "dlib"
         for name in ("csim", "csim_driving", "driving_truth_apd", "driving_truth_aed"):
-            assert metrics[name]["mean"] == pytest.approx(group[name].mean(), rel=1e-9)
-            assert metrics[name]["std"] == pytest.approx(group[name].std(), rel=1e-9)
-    assert written["protocols"]["self"]["metrics"]["lpips"]["network"] == "lpips-alex-v0.1"
+            assert metrics[name].mean == pytest.approx(group[name].mean(), rel=1e-9)
+            assert metrics[name].std == pytest.approx(group[name].std(), rel=1e-9)
+    assert written.protocols["self"].metrics["lpips"].network == "lpips-alex-v0.1"
 
     # the regressor's own error on the real driving frames, against the world's truth: about a degree (README)
     assert frames["driving_truth_apd"].mean() < 4.0 and frames["driving_truth_aed"].notna().all()
@@ -189,8 +193,8 @@ def test_linearity_tables_fit_every_requested_direction(run, world):
     assert len(sweep) == 2 * 2 * 1 and set(sweep["magnitude"]) == {0.0, 4.0}
     assert sweep["source_clip"].str.startswith("clip:").all()
     assert (fits["points"] == [int(sweep[sweep["direction"] == d]["found"].sum()) for d in ("yaw", "jaw")]).all()
-    written = json.loads((world / "out" / "summary.json").read_text())["linearity"]
-    assert written["directions"] == 2 and written["networks"]["net3d"] == "synth-regressor"
+    written = EvaluationSummary.read(world / "out").linearity
+    assert written.directions == 2 and written.networks["net3d"] == "synth-regressor"
 
 
 def test_a_rerun_of_one_protocol_replaces_the_previous_results(run, world, tmp_path):
@@ -221,15 +225,16 @@ def test_aggregation_of_a_hand_made_frames_table_gives_the_known_means():
     assert clips.loc["a", "csim"] == pytest.approx(0.6) and clips.loc["a", "apd"] == 2.0  # NaN left out
     assert clips.loc["a", "result_found"] == 0.5 and np.isnan(clips.loc["c", "lpips"])
 
-    networks = {"identity": "dlib", "lpips": "lpips-alex-v0.1", "net3d": "synth-regressor"}
+    networks = Networks(identity="dlib", lpips="lpips-alex-v0.1", net3d="synth-regressor", generator="g",
+                        encoder="e", directions="a")
     summary = metric_summary(frames, networks)
     assert set(summary["self"]) == {"csim", "lpips", "apd", "truth_aed"} and "lpips" not in summary["cross"]
-    assert summary["self"]["csim"] == {"mean": pytest.approx(0.7), "std": pytest.approx(0.2), "n": 3,
-                                       "n_missing": 0, "network": "dlib"}
-    assert summary["self"]["apd"]["mean"] == 3.0 and summary["self"]["apd"]["n_missing"] == 1
-    assert summary["self"]["truth_aed"] == {"mean": pytest.approx(0.1), "std": None, "n": 1, "n_missing": 2,
-                                            "network": "synth-regressor"}
-    assert summary["cross"]["apd"]["mean"] == 2.0 and summary["self"]["lpips"]["network"] == "lpips-alex-v0.1"
+    assert summary["self"]["csim"].model_dump() == {"mean": pytest.approx(0.7), "std": pytest.approx(0.2), "n": 3,
+                                                    "n_missing": 0, "network": "dlib"}
+    assert summary["self"]["apd"].mean == 3.0 and summary["self"]["apd"].n_missing == 1
+    assert summary["self"]["truth_aed"].model_dump() == {"mean": pytest.approx(0.1), "std": None, "n": 1,
+                                                         "n_missing": 2, "network": "synth-regressor"}
+    assert summary["cross"]["apd"].mean == 2.0 and summary["self"]["lpips"].network == "lpips-alex-v0.1"
 
 
 def test_evaluated_frames_skip_the_self_source_and_spread_evenly():
@@ -322,12 +327,12 @@ def test_several_sets_are_evaluated_on_the_same_pairs_and_reported_side_by_side(
         "--weights", "demo", "--compare", f"again=demo@{world / 'weights'}"])
     assert result.exit_code == 0, result.output
     assert "set demo:" in result.output and "set again:" in result.output
-    assert [entry["label"] for entry in json.loads((out / "sets.json").read_text())["sets"]] == ["demo", "again"]
+    assert [entry.label for entry in EvaluationSets.read(out).sets] == ["demo", "again"]
     first, second = (pd.read_parquet(out / label / "frames.parquet") for label in ("demo", "again"))
     assert first.equals(second)  # the same pairs, the same networks: the same figures
     self_frames, cross = first[first["protocol"] == "self"], first[first["protocol"] == "cross"]
     assert self_frames["lpips"].isna().all()  # not measured
-    assert json.loads((out / "demo" / "summary.json").read_text())["networks"]["lpips"] is None
+    assert EvaluationSummary.read(out / "demo").networks.lpips is None
     assert (self_frames["pixel"] > 0).all() and (self_frames["pixel"] <= 255).all() and cross["pixel"].isna().all()
     assert np.isfinite(first["inversion"]).all() and np.isfinite(self_frames["static_pixel"]).all()
     for _pair, rows in first.groupby("pair"):
@@ -336,10 +341,26 @@ def test_several_sets_are_evaluated_on_the_same_pairs_and_reported_side_by_side(
     loaded = load_evaluation(out)
     assert list(loaded.sets) == ["demo", "again"] and loaded.root == out / "demo"
     table = set_comparison(loaded, ReportConfig(resamples=200))
-    assert {"demo", "again", "doing nothing (Δp = 0)"} == set(table["set"])
+    assert {"demo", "again", "doing nothing (Δp = 0)", "the driver itself"} == set(table["set"])
     means = table.set_index(["protocol", "set", "metric"])["mean"]
     assert means[("self", "demo", "pixel")] == pytest.approx(self_frames["pixel"].mean())
     assert means[("self", "doing nothing (Δp = 0)", "pixel")] == pytest.approx(self_frames["static_pixel"].mean())
     assert means[("cross", "again", "csim")] == means[("cross", "demo", "csim")] > 0
+    assert means[("cross", "the driver itself", "truth_apd")] == pytest.approx(cross["driving_truth_apd"].mean())
     page = Path(benchmark_report(evaluation=str(out), config=ReportConfig(resamples=200)).report).read_text()
     assert "Weights sets compared" in page and "doing nothing (Δp = 0)" in page and "inversion error" in page
+
+    # the headline tables: every metric beside its baselines; what --no-fid and --no-lpips left empty says so
+    text = re.sub(r"data:image/[a-z]+;base64,[^\"]*", "", page)
+    headline = re.findall(r'<table class="numbers headline">.*?</table>', text, re.S)
+    assert len(headline) == 2  # self, cross
+    for table in headline:
+        assert "<th>mean</th><th>doing nothing (Δp = 0)</th><th>the driver itself</th>" in table
+    cells = re.findall(r"<td>(.*?)</td>", re.search(r"<tr><td>APD vs truth</td>.*?</tr>", headline[1]).group(0))
+    static = cross["static_truth_apd"].mean()  # the tiny G's noise: the Net3D (almost) never reads a face in it
+    assert cells[3].startswith(f"{static:.4g}") if np.isfinite(static) else \
+        cells[3] == "not measured (the Net3D found no face)"
+    assert cells[4].startswith(f"{cross['driving_truth_apd'].mean():.4g} [")  # the real synthetic faces are read
+    assert "<td>LPIPS</td><td>lower</td><td>not measured (--no-lpips)</td>" in headline[0]
+    assert text.count("<td>not measured (--no-fid)</td>") == 6  # FID and KID of both protocols; FID by the papers
+    assert "None" not in text and "subsets of —" not in text

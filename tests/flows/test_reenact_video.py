@@ -237,14 +237,14 @@ def _stage_threads() -> list[threading.Thread]:
 def test_the_summary_reports_every_stage_and_the_first_frame(clips, demo_config, tmp_path):
     face = prepare_source(str(PHOTOS / "obama.jpg"), 0, demo_config)
     summary = reenact(str(clips["whole"]), face, tmp_path / "s.mp4", demo_config)
-    assert list(summary["stage_seconds"]) == ["decode", "follow faces", "crop boxes", "crop", "read faces",
+    assert list(summary.stage_seconds) == ["decode", "follow faces", "crop boxes", "crop", "read faces",
                                               "parameters", "generate", "compose", "encode"]
-    assert all(seconds >= 0 for seconds in summary["stage_seconds"].values())
-    assert 0 < summary["seconds_to_first_frame"] < summary["seconds_render"]
+    assert all(seconds >= 0 for seconds in summary.stage_seconds.values())
+    assert 0 < summary.seconds_to_first_frame < summary.seconds_render
     # the detector ran on the first frame and on the key frames (every 8th) only; the face was found at the
     # working scale (the demo clip is 320 px: searched as it is)
-    assert summary["detections"] == {"start": 1, "lost": 0, "schedule": 1, "degraded": 0, "cut": 0}
-    assert summary["face_scale"] == 1.0 and summary["frames"] == FRAMES
+    assert summary.detections == {"start": 1, "lost": 0, "schedule": 1, "degraded": 0, "cut": 0}
+    assert summary.face_scale == 1.0 and summary.frames == FRAMES
 
 
 def test_a_hard_cut_in_the_driving_video_re_detects_the_face(demo_config, tmp_path):
@@ -253,7 +253,7 @@ def test_a_hard_cut_in_the_driving_video_re_detects_the_face(demo_config, tmp_pa
     driving = write_clip(tmp_path / "cut.mp4", np.concatenate([first, second]))
     face = prepare_source(str(PHOTOS / "obama.jpg"), 0, demo_config)
     summary = reenact(str(driving), face, tmp_path / "cut-out.mp4", demo_config)
-    assert summary["detections"]["cut"] == 1 and summary["frames_without_face"] == 0
+    assert summary.detections["cut"] == 1 and summary.frames_without_face == 0
     # the crops follow the new face from the cut on: the driving panel of the grid shows a face, not the background
     track = prepare_driving(str(driving), demo_config.model_copy(update={"detect_every": 1}))
     followed = prepare_driving(str(driving), demo_config)
