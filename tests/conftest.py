@@ -61,3 +61,15 @@ def demo_evaluation(demo_run, tmp_path_factory) -> Path:
          "frames_per_second": frames / (time.perf_counter() - started)}]))
     return Path(config.out)
 
+
+
+# The default tier stays quick: a test that needs one of these runs the full-size official networks, the README's
+# whole main job or a real server (minutes on 2 cores), so it belongs to the slow tier (CI runs every tier).
+SLOW_FIXTURES = {"official_weights", "demo_run", "demo_evaluation", "prefect_server"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

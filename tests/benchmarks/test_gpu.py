@@ -58,6 +58,7 @@ def test_every_stage_imports_without_prefect_or_pyav_and_the_wheels_it_needs_are
     assert not wheels & {"torch", "numpy", "prefect", "av", "opencv-python-headless", "scipy", "face-reenact"}
 
 
+@pytest.mark.slow
 def test_a_tiny_run_measures_g_and_a_and_a_training_stage(tmp_path):
     out = tmp_path / "gpu.json"
     result = run_benchmark(BLOCKED + ",torchvision", "--smoke", "--device", "cpu", "--out", str(out),

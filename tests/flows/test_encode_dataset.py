@@ -98,6 +98,7 @@ def test_rerun_skips_and_a_changed_backend_rewrites_only_its_stage(store):
     assert store.stage_attrs(store.clips()[0], "face3d")["backend"] == "synth-regressor"
 
 
+@pytest.mark.slow
 def test_inversion_is_the_encoders_output_in_float16(store, encoder_weights):
     key = store.clips()[0]
     config = EncodeConfig(stages=["inversion"], encoder="demo-encoder", weights_dir=str(encoder_weights), batch_size=8)
@@ -137,6 +138,7 @@ def test_unknown_backend_and_clip_are_named(store):
         encode_dataset(store=str(store.root.parent / "missing.zarr"), config=FACE3D_ONLY)
 
 
+@pytest.mark.slow
 def test_a_broken_clip_fails_alone(store):
     broken = store.clips()[1]
     for chunk in (store.clip_dir(broken) / "crops" / "c").rglob("*"):

@@ -90,6 +90,7 @@ def run(world):
     return config, evaluate(config=config)
 
 
+@pytest.mark.slow
 def test_every_file_of_the_contract_is_written_and_parses(run, world):
     config, summary = run
     out = world / "out"
@@ -129,6 +130,7 @@ def test_every_file_of_the_contract_is_written_and_parses(run, world):
     assert not list(out.rglob("*.tmp"))  # nothing half-written left behind
 
 
+@pytest.mark.slow
 def test_metrics_are_numbers_where_measurable_and_missing_where_no_face_is_found(run, world):
     _, summary = run
     out = world / "out"
@@ -165,6 +167,7 @@ def test_metrics_are_numbers_where_measurable_and_missing_where_no_face_is_found
     assert summary.headline["self"]["fid"] == pytest.approx(distribution.loc["self", "fid"])
 
 
+@pytest.mark.slow
 def test_sample_grids_hold_the_source_the_driving_frame_and_the_result(run, world):
     config, _ = run
     frames = pd.read_parquet(world / "out" / "frames.parquet")
@@ -186,6 +189,7 @@ def test_sample_grids_hold_the_source_the_driving_frame_and_the_result(run, worl
     assert measured == pytest.approx(self_row["lpips"], rel=1e-5)  # LPIPS of the result vs its ground truth
 
 
+@pytest.mark.slow
 def test_linearity_tables_fit_every_requested_direction(run, world):
     fits = pd.read_parquet(world / "out" / "linearity.parquet")
     sweep = pd.read_parquet(world / "out" / "linearity_sweep.parquet")
@@ -197,6 +201,7 @@ def test_linearity_tables_fit_every_requested_direction(run, world):
     assert written.directions == 2 and written.networks["net3d"] == "synth-regressor"
 
 
+@pytest.mark.slow
 def test_a_rerun_of_one_protocol_replaces_the_previous_results(run, world, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(world / "out", out)
@@ -260,6 +265,7 @@ def test_fid_through_the_span_of_a_small_set_equals_pytorch_fids_route():
         many.mean(0), np.cov(many, rowvar=False), others.mean(0), np.cov(others, rowvar=False)), rel=1e-12)
 
 
+@pytest.mark.slow
 def test_truth_rows_must_cover_every_clip_of_the_split(world, tmp_path):
     truth = pd.read_parquet(world / "world" / "truth.parquet")
     params = read_truth(world / "world" / "truth.parquet")
@@ -276,6 +282,7 @@ def test_truth_rows_must_cover_every_clip_of_the_split(world, tmp_path):
 
 # --- the command line ------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cli_refuses_a_missing_store_and_an_unknown_identity_in_one_line(world, tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["evaluate", "--store", str(tmp_path / "none.zarr"), "--out", str(tmp_path / "o")])
@@ -312,6 +319,7 @@ def test_weights_choices_name_each_set_and_its_weights_directory():
         weights_choices(["x=nope"])
 
 
+@pytest.mark.slow
 def test_several_sets_are_evaluated_on_the_same_pairs_and_reported_side_by_side(world, tmp_path):
     """Two labels for the same networks (the tiny demo set): two complete evaluations of the same pairs with the
     same figures, sets.json last, and the report's table of the sets; without LPIPS it is not measured; the pixel

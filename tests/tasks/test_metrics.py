@@ -218,6 +218,7 @@ class RenderingGenerator(torch.nn.Module):
         return Synthesis(to_signed(render(self.identity, params)), {})
 
 
+@pytest.mark.slow
 def test_linearity_recovers_known_directions_through_the_renderer_and_the_regressor(regressor):
     ranges = synthetic_ranges()
     directions = DirectionMatrix(shift_dim=NUM_PARAMS, input_dim=NUM_PARAMS, num_layers=1)
