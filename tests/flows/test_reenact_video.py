@@ -216,8 +216,9 @@ def test_the_command_line_runs_the_flow_and_reports_errors_in_one_line(clips, of
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"video: {output}" in done.stdout and "15 frames at 25 fps, 768x256, with audio" in done.stdout
     assert probe(output).frames == FRAMES
-    bad = subprocess.run([reenact, "reenact-video", str(clips["whole"]), "--weights", "nope", "-o",
-                          str(tmp_path / "bad.mp4")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    bad = subprocess.run([reenact, "reenact-video", str(clips["whole"]), "--source", str(PHOTOS / "astronaut.jpg"),
+                          "--weights", "nope", "-o", str(tmp_path / "bad.mp4")], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
     assert bad.returncode == 2 and "error: no weights set named 'nope'" in bad.stdout
     assert "Traceback" not in bad.stdout + bad.stderr and not (tmp_path / "bad.mp4").exists()
 
