@@ -153,12 +153,13 @@ def generator_sweep(config, batch_sizes: list[int], repeats: int, refine: bool =
 def whole_flow(config, driver: Path, output: Path) -> dict:
     """One reenact-video run as the flow's tasks run it: the source, then the driving video streamed through every
     stage into the encoder."""
-    from tasks.reenact import prepare_source, reenact
+    from tasks.reenact import networks_for, prepare_source, reenact
 
     started = time.perf_counter()
-    face = prepare_source(str(SOURCE), 0, config)
+    networks = networks_for(config)
+    face = prepare_source(str(SOURCE), 0, config, networks)
     source_s = time.perf_counter() - started
-    summary = reenact(str(driver), face, output, config)
+    summary = reenact(str(driver), face, output, config, networks)
     total = time.perf_counter() - started
     frames = summary.frames
     return {"frames": frames, "source_s": source_s, "stream_s": summary.seconds_render, "total_s": total,
@@ -170,7 +171,7 @@ def tuning_speed(config, steps: int) -> dict[str, float]:
     """ms per step of tuning G on the bundled photo, on pixels alone and with LPIPS (after a 2-step warm-up)."""
     from tasks.reenact import networks_for, prepare_source
 
-    face = prepare_source(str(SOURCE), 0, config)
+    face = prepare_source(str(SOURCE), 0, config, networks_for(config))
     rows = {}
     for label, lpips_weight in (("L2", 0.0), ("L2 + LPIPS", 1.0)):
         for count in (2, steps):  # the first call warms up kernels and caches
@@ -305,10 +306,10 @@ def sequential_analysis(config, driver: Path):
 
 
 def streamed_analysis(config, driver: Path) -> tuple[object, float]:
-    from tasks.reenact import prepare_driving
+    from tasks.reenact import networks_for, prepare_driving
 
     started = time.perf_counter()
-    track = prepare_driving(str(driver), config)
+    track = prepare_driving(str(driver), config, networks_for(config))
     return track, time.perf_counter() - started
 
 
@@ -322,15 +323,15 @@ def demo_flow(arguments: argparse.Namespace, scratch: Path) -> None:
     seconds = arguments.seconds or 4.0
     driver = make_driver(scratch / f"driver-{seconds:g}s-{arguments.height}p.mp4", seconds, height=arguments.height)
     networks = networks_for(config)
-    face = prepare_source(str(SOURCE), 0, config)
+    face = prepare_source(str(SOURCE), 0, config, networks)
     print(f"device {arguments.device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads; the demo set "
           f"({networks.encode_config.face3d}, feature transformer {networks.feature_transformer}); driver "
           f"{seconds:g} s at 25 fps, {_frame_size(driver)}, output --grid; detector dlib, detect every "
           f"{config.detect_every} frames; {arguments.repeats} interleaved repeats, medians")
-    reenact(str(driver), face, scratch / "warm.mp4", config)  # warm-up: kernels, caches, the detector's models
+    reenact(str(driver), face, scratch / "warm.mp4", config, networks)  # warm-up: kernels, caches, the detector's models
 
     def streamed(threaded: bool) -> dict:
-        summary = reenact(str(driver), face, scratch / "streamed.mp4", config, threaded=threaded)
+        summary = reenact(str(driver), face, scratch / "streamed.mp4", config, networks, threaded=threaded)
         return {"frames": summary.frames, "total_s": summary.seconds_render,
                 "first_frame_s": summary.seconds_to_first_frame, "stages": summary.stage_seconds}
 

@@ -10,7 +10,7 @@ from prefect import flow, get_run_logger, unmapped
 from pydantic import Field
 
 from flows.summary import FlowSummary, publish, shown
-from tasks.evaluate import (EvaluateConfig, PairEvaluation, check_request, distribution_task, evaluate_pair_task,
+from tasks.evaluate import (EvaluateConfig, Measuring, PairEvaluation, check_request, distribution_task, evaluate_pair_task,
                             linearity_task, measuring_networks, plan_task, weights_choices, write_results_task)
 from tasks.evaluation_summary import SETS_FILE, SUMMARY_FILE, EvaluationSets, EvaluationSummary, Networks, SetEntry
 from tasks.progress import progress
@@ -84,7 +84,8 @@ def check(config: EvaluateConfig, compare: list[str] | None = None, **_) -> None
     """Setup problems, before any pair: the store and split, the reenacting and measuring networks of every set."""
     check_request(config)
     for reenact in compared_sets(config, compare).values():
-        measuring_networks(config.model_copy(update={"reenact": reenact}))
+        chosen = config.model_copy(update={"reenact": reenact})
+        measuring_networks(chosen, Measuring.of(chosen))
 
 
 def compared_sets(config: EvaluateConfig, compare: list[str] | None) -> dict[str, ReenactConfig]:

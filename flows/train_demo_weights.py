@@ -37,7 +37,7 @@ from tasks.evaluate import EvaluateConfig, generate
 from tasks.evaluation_summary import EvaluationSummary
 from tasks.metrics import MetricsConfig
 from tasks.preprocess import PreprocessConfig
-from tasks.reenact import CLIP_PREFIX, ReenactConfig, prepare_inputs
+from tasks.reenact import CLIP_PREFIX, ReenactConfig, networks_for, prepare_inputs
 from training.demo_recipe import (
     HELDOUT_WORLD,
     Work,
@@ -145,10 +145,11 @@ def self_reenactment_error(store_path: str | Path, weights_dir: str | None = Non
     (`feature_transformer`: 'none' for G alone; default the set's)."""
     store = ClipStore.open(store_path, create=False)
     config = ReenactConfig(weights="demo", weights_dir=weights_dir, feature_transformer=feature_transformer)
+    networks = networks_for(config)
     later, first = [], []
     for key in store.clips():
-        source, driving = prepare_inputs(f"{CLIP_PREFIX}{key}", None, 0, "self", config, store)
-        results = generate(source, driving.params, config).astype(np.float32)
+        source, driving = prepare_inputs(f"{CLIP_PREFIX}{key}", None, 0, "self", config, networks, store)
+        results = generate(source, driving.params, networks, config).astype(np.float32)
         errors = np.abs(results - driving.clip.crops[:].astype(np.float32)).mean(axis=(1, 2, 3))
         first.append(errors[0])
         later.extend(errors[1:])

@@ -74,14 +74,14 @@ from tasks.encode import ranges_path
 from tasks.evaluation_summary import (SUMMARY_FILE, DistributionScores, Environment, EvaluationSummary,
                                       FacesFound, JsonFile, LinearitySummary, MetricStatistics, Networks,
                                       ProtocolSummary, WeightsRecord)
-from tasks.metrics import (DEFAULT_MAGNITUDES, MetricsConfig, csim, distribution_scores, expression_distance,
-                           fit_linearity, identity_retrieval, inception_features, lpips, metric_networks,
-                           pose_distance, sweep_directions)
+from tasks.metrics import (DEFAULT_MAGNITUDES, MetricNetworks, MetricsConfig, csim, distribution_scores,
+                           expression_distance, fit_linearity, identity_retrieval, inception_features, lpips,
+                           metric_networks, pose_distance, sweep_directions)
 from storage.settings import code_version
 from tasks.protocols import ReenactPair, cross_pairs, self_pairs, split_clips, write_pairs
 from models.images import resize_to, to_pixels
-from tasks.reenact import (CLIP_PREFIX, CROP_SIZE, ReenactConfig, ReenactInputError, SourceFace, networks_for,
-                           prepare_inputs)
+from tasks.reenact import (CLIP_PREFIX, CROP_SIZE, ReenactConfig, ReenactInputError, ReenactNetworks, SourceFace,
+                           networks_for, prepare_inputs)
 
 Protocol = Literal["self", "cross"]
 PROTOCOLS: tuple[Protocol, ...] = ("self", "cross")
@@ -159,11 +159,12 @@ def plan_evaluation(config: EvaluateConfig) -> EvaluationPlan:
     draws = {"self": lambda: seeded_subset(self_pairs(store, clips), config.max_clips, config.seed),
              "cross": lambda: cross_pairs(store, config.cross_count, config.seed, clips)}
     pairs = {protocol: draws[protocol]() for protocol in config.protocols}
-    plan = EvaluationPlan(clips, pairs, measuring_networks(config), networks_for(config.reenact).weights_sha256,
-                          aed_ranges(config)[1])
+    measuring = Measuring.of(config)
+    plan = EvaluationPlan(clips, pairs, measuring_networks(config, measuring), measuring.networks.weights_sha256,
+                          measuring.ranges_source)
     out = Path(config.out)
     clear_previous(out)
-    run_record(config, plan).write(out)
+    run_record(config, plan, measuring).write(out)
     for protocol, chosen in pairs.items():
         write_pairs(chosen, out / PAIRS_DIR / f"{protocol}.parquet")
     return plan
@@ -198,13 +199,13 @@ class RunRecord(JsonFile):
     split: Split
 
 
-def run_record(config: EvaluateConfig, plan: EvaluationPlan) -> RunRecord:
-    networks = networks_for(config.reenact)
+def run_record(config: EvaluateConfig, plan: EvaluationPlan, measuring: Measuring) -> RunRecord:
+    networks = measuring.networks
     return RunRecord(
         config=config, weights=WeightsRecord(set=config.reenact.weights, sha256=plan.weights_sha256),
         resolved=ResolvedSettings(face3d=networks.encode_config.face3d, truncation=networks.reenactor.truncation,
                                   shift_scale=networks.reenactor.shift_scale, device=str(networks.device),
-                                  metrics_device=str(metric_networks(config.metrics).device)),
+                                  metrics_device=str(measuring.metrics.device)),
         networks=plan.networks, aed_ranges=plan.aed_ranges, seeds={"pairs": config.seed, "kid": config.metrics.seed},
         split=Split(identities=sorted({key.identity for key in plan.clips}), clips=[str(key) for key in plan.clips]))
 
@@ -229,31 +230,30 @@ def seeded_subset(items: list, count: int | None, seed: int) -> list:
     return [items[index] for index in chosen]
 
 
-def measuring_networks(config: EvaluateConfig) -> Networks:
-    """The name of every network behind a figure (loading each: missing weights fail here, with the file to get)."""
-    networks = networks_for(config.reenact)
-    metrics = metric_networks(config.metrics)
+def measuring_networks(config: EvaluateConfig, measuring: Measuring) -> Networks:
+    """The name of every network behind a figure (LPIPS loaded here when measured: its missing file fails with the
+    way to go without)."""
+    networks, metrics = measuring.networks, measuring.metrics
     weights = reenaction_set(config.reenact.weights)
-    return Networks(identity=metrics.identity.name, lpips=_lpips_network(config),
+    return Networks(identity=metrics.identity.name, lpips=_lpips_network(config, metrics),
                     inception=metrics.inception.name if config.fid else None, net3d=networks.encode_config.face3d,
                     generator=weights.generator, encoder=weights.encoder, directions=weights.directions,
                     feature_transformer=networks.feature_transformer)
 
 
-def _lpips_network(config: EvaluateConfig) -> str | None:
+def _lpips_network(config: EvaluateConfig, metrics: MetricNetworks) -> str | None:
     """LPIPS's name when self-reenactment measures it; its missing file is an error that says how to go without."""
     if "self" not in config.protocols or not config.lpips:
         return None
     try:
-        return metric_networks(config.metrics).lpips.name
+        return metrics.lpips.name
     except MissingWeightsError as err:
         raise MissingWeightsError(f"{err} Or evaluate without LPIPS: --no-lpips.") from None
 
 
-def aed_ranges(config: EvaluateConfig) -> tuple[ParamRanges, str]:
+def aed_ranges(config: EvaluateConfig, networks: ReenactNetworks) -> tuple[ParamRanges, str]:
     """AED's min-max table: the store's own for the Net3D (`ranges-<backend>.npy`, encode-dataset's), else the
     table of A's units that the weights set carries."""
-    networks = networks_for(config.reenact)
     path = ranges_path(ClipStore.open(config.store, create=False), networks.encode_config.face3d)
     if path.is_file():
         return ParamRanges.load(path), str(path)
@@ -351,13 +351,36 @@ def evaluated_frames(length: int, protocol: str, cap: int | None) -> np.ndarray:
     return frames
 
 
-def evaluate_pair(pair: ReenactPair, protocol: str, config: EvaluateConfig, sample: bool = False) -> PairEvaluation:
+@dataclass(frozen=True)
+class Measuring:
+    """What measuring a pair uses, resolved once from the config where a task starts: the reenacting networks, the
+    metric networks and AED's min-max table."""
+
+    networks: ReenactNetworks
+    metrics: MetricNetworks
+    ranges: ParamRanges
+    ranges_source: str  # where AED's table comes from
+
+    @classmethod
+    def of(cls, config: EvaluateConfig) -> Measuring:
+        """Every network of `config` (one set per process: `networks_for`, `metric_networks`) and AED's table."""
+        networks = networks_for(config.reenact)
+        return cls(networks, metric_networks(config.metrics), *aed_ranges(config, networks))
+
+    @property
+    def backend(self) -> str:
+        return self.networks.encode_config.face3d
+
+
+def evaluate_pair(pair: ReenactPair, protocol: str, config: EvaluateConfig, measuring: Measuring,
+                  sample: bool = False) -> PairEvaluation:
     """Reenact the chosen driving frames of one pair in memory and measure every frame. An input that cannot be
     reenacted (e.g. no readable face in the source) gives a failed evaluation; setup problems raise."""
     store = ClipStore.open(config.store, create=False)
+    networks = measuring.networks
     try:
         source, driving = prepare_inputs(pair.driving, pair.source, pair.source_frame, pair.mode, config.reenact,
-                                         store)
+                                         networks, store)
     except (MissingWeightsError, UnknownWeightsError):
         raise
     except (ReenactInputError, FileNotFoundError, KeyError) as err:
@@ -367,13 +390,14 @@ def evaluate_pair(pair: ReenactPair, protocol: str, config: EvaluateConfig, samp
         return PairEvaluation(protocol, pair, error=f"{pair.driving} has a single frame, the source: none to evaluate")
     key = driving.clip.key
     real = driving.clip.crops.oindex[frames]
-    results = generate(source, driving.params[frames], config.reenact)
-    static = generate(source, source.params[None], config.reenact)  # Δp = 0: the baseline of doing nothing
+    results = generate(source, driving.params[frames], networks, config.reenact)
+    static = generate(source, source.params[None], networks, config.reenact)  # Δp = 0: the baseline of doing nothing
     truth = read_truth(config.truth, key)[str(key)][frames] if config.truth is not None else None
     scores = frame_scores(results, static, real, driving.clip.landmarks.oindex[frames], source.crop, protocol, config,
-                          truth, inversion(source, config.reenact))
+                          measuring, truth, inversion(source, networks))
     scores["identity_retrieval"] = retrieval_scores(results, identity_gallery(store, config, source_name(pair),
-                                                                              source.crop), config)
+                                                                              source.crop), measuring.metrics,
+                                                    config.metrics.batch_size)
     ids = pd.DataFrame({"protocol": protocol, "pair": pair.name, "source": source_name(pair),
                         "source_frame": pair.source_frame, "driving": pair.driving, "frame": frames})
     if sample:
@@ -381,7 +405,7 @@ def evaluate_pair(pair: ReenactPair, protocol: str, config: EvaluateConfig, samp
                   sample_grid(source.crop, real[:config.sample_frames], results[:config.sample_frames]))
     evaluation = PairEvaluation(protocol, pair, pd.concat([ids, scores], axis=1))
     if config.fid:
-        inception, batch = metric_networks(config.metrics).inception, config.metrics.batch_size
+        inception, batch = measuring.metrics.inception, config.metrics.batch_size
         evaluation.result_features = inception_features(inception, results, batch)
         evaluation.real_features = inception_features(inception, real, batch)
     return evaluation
@@ -405,28 +429,26 @@ def identity_gallery(store: ClipStore, config: EvaluateConfig, source: str,
     return np.stack(faces), people.index(own)
 
 
-def retrieval_scores(results: np.ndarray, gallery: tuple[np.ndarray, int] | None,
-                     config: EvaluateConfig) -> np.ndarray:
+def retrieval_scores(results: np.ndarray, gallery: tuple[np.ndarray, int] | None, metrics: MetricNetworks,
+                     batch_size: int) -> np.ndarray:
     """`identity_retrieval` per result frame (NaN without a gallery)."""
     if gallery is None:
         return np.full(len(results), np.nan)
-    table = identity_retrieval(metric_networks(config.metrics).identity, results, *gallery,
-                               config.metrics.batch_size).table
+    table = identity_retrieval(metrics.identity, results, *gallery, batch_size).table
     return table["identity_retrieval"].to_numpy()
 
 
-def generate(source: SourceFace, driving_params: np.ndarray, config: ReenactConfig) -> np.ndarray:
+def generate(source: SourceFace, driving_params: np.ndarray, networks: ReenactNetworks,
+             config: ReenactConfig) -> np.ndarray:
     """uint8 [N, S, S, 3]: the source with each row of driving parameters, in the reenactment's batches."""
-    networks = networks_for(config)
     size = networks.batch_size(config)
     return np.concatenate([networks.generate(source, driving_params[start:start + size])
                            for start in range(0, len(driving_params), size)])
 
 
-def inversion(source: SourceFace, config: ReenactConfig) -> np.ndarray:
+def inversion(source: SourceFace, networks: ReenactNetworks) -> np.ndarray:
     """uint8 [1, S, S, 3]: the source's own code rendered by G alone (truncated as reenactment renders it; no A, no
     Feature Transformer), at the crop's size: what the encoder's inversion keeps of the source."""
-    networks = networks_for(config)
     reenactor = networks.reenactor
     with torch.no_grad():
         code = reenactor.truncate(torch.as_tensor(source.wplus[None], dtype=torch.float32, device=networks.device))
@@ -440,17 +462,16 @@ def pixel_error(images: np.ndarray, references: np.ndarray) -> np.ndarray:
 
 
 def frame_scores(results: np.ndarray, static: np.ndarray, real: np.ndarray, real_landmarks: np.ndarray,
-                 source_crop: np.ndarray, protocol: str, config: EvaluateConfig,
+                 source_crop: np.ndarray, protocol: str, config: EvaluateConfig, measuring: Measuring,
                  truth: np.ndarray | None = None, inverted: np.ndarray | None = None) -> pd.DataFrame:
     """One row per generated frame: found flags and every metric of the module docstring (`static` [1, S, S, 3]:
     the source rendered with Δp = 0; `truth` [N, 15]: the driving frames' true parameters, when known; `inverted`
     [1, S, S, 3]: the source's inversion, `inversion`)."""
-    networks, metrics = networks_for(config.reenact), metric_networks(config.metrics)
+    networks, metrics, ranges, backend = measuring.networks, measuring.metrics, measuring.ranges, measuring.backend
     batch, count = config.metrics.batch_size, len(results)
     result_params, result_found = networks.estimate(results, None)  # the result's face is found, not given
     static_params, static_found = (np.repeat(part, count, axis=0) for part in networks.estimate(static, None))
     driving_params, driving_found = networks.estimate(real, real_landmarks)
-    ranges, _ = aed_ranges(config)
     tables = [
         pd.DataFrame({"result_found": result_found, "static_found": static_found, "driving_found": driving_found}),
         csim(metrics.identity, results, np.repeat(source_crop[None], count, axis=0), batch).table,
@@ -461,20 +482,19 @@ def frame_scores(results: np.ndarray, static: np.ndarray, real: np.ndarray, real
                      if protocol == "self" else {"pixel": np.full(count, np.nan), "static_pixel": np.full(count, np.nan)}),
         pd.DataFrame({"inversion": np.repeat(pixel_error(inverted, source_crop[None]) if inverted is not None
                                              else np.nan, count)}),
-        *face_errors(result_params, driving_params, result_found & driving_found, ranges, config),
-        *face_errors(static_params, driving_params, static_found & driving_found, ranges, config, "static_"),
+        *face_errors(result_params, driving_params, result_found & driving_found, ranges, backend),
+        *face_errors(static_params, driving_params, static_found & driving_found, ranges, backend, "static_"),
     ]
     if truth is not None:
-        tables += face_errors(result_params, truth, result_found, ranges, config, "truth_")
-        tables += face_errors(static_params, truth, static_found, ranges, config, "static_truth_")
-        tables += face_errors(driving_params, truth, driving_found, ranges, config, "driving_truth_")
+        tables += face_errors(result_params, truth, result_found, ranges, backend, "truth_")
+        tables += face_errors(static_params, truth, static_found, ranges, backend, "static_truth_")
+        tables += face_errors(driving_params, truth, driving_found, ranges, backend, "driving_truth_")
     return pd.concat(tables, axis=1)
 
 
 def face_errors(params: np.ndarray, references: np.ndarray, found: np.ndarray, ranges: ParamRanges,
-                config: EvaluateConfig, prefix: str = "") -> list[pd.DataFrame]:
+                backend: str, prefix: str = "") -> list[pd.DataFrame]:
     """APD and AED of face parameters against references (NaN where `found` is False), columns prefixed."""
-    backend = networks_for(config.reenact).encode_config.face3d
     return [pose_distance(params, references, backend, found).table.add_prefix(prefix),
             expression_distance(params, references, ranges, backend, found).table.add_prefix(prefix)]
 
@@ -562,10 +582,10 @@ def _network_of(column: str) -> str | None:
     return next(NETWORK_OF_FAMILY[word] for word in column.split("_") if word in NETWORK_OF_FAMILY)
 
 
-def linearity_tables(config: EvaluateConfig, clips: list[ClipKey]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def linearity_tables(config: EvaluateConfig, clips: list[ClipKey],
+                     networks: ReenactNetworks) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(fits, sweep): each direction of A swept on the W+ of the first frame of a seeded few clips of the split,
     read by the Net3D, and fitted (`fit_linearity`; a direction whose faces were never found has a row of NaN)."""
-    networks = networks_for(config.reenact)
     store = ClipStore.open(config.store, create=False)
     keys = seeded_subset(clips, config.linearity_sources, config.seed)
     wplus = networks.invert(np.stack([store.clip(key).frames(0, 1)[0] for key in keys]))
@@ -694,8 +714,8 @@ def plan_task(config: EvaluateConfig) -> EvaluationPlan:
 
 @task(name="evaluate-pair", cache_policy=NO_CACHE, task_run_name="evaluate {pair.name}")
 def evaluate_pair_task(pair: ReenactPair, protocol: str, config: EvaluateConfig, sample: bool) -> PairEvaluation:
-    """Takes the config (paths inside) so it can run in another process (Dask)."""
-    return evaluate_pair(pair, protocol, config, sample)
+    """Takes the config (paths inside) so it can run in another process (Dask); the networks are resolved here."""
+    return evaluate_pair(pair, protocol, config, Measuring.of(config), sample)
 
 
 @task(name="distribution-scores", cache_policy=NO_CACHE, task_run_name="fid-kid {protocol}")
@@ -705,7 +725,7 @@ def distribution_task(protocol: str, evaluations: list[PairEvaluation], config: 
 
 @task(name="linearity", cache_policy=NO_CACHE)
 def linearity_task(config: EvaluateConfig, clips: list[ClipKey]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    return linearity_tables(config, clips)
+    return linearity_tables(config, clips, networks_for(config.reenact))
 
 
 @task(name="write-results", cache_policy=NO_CACHE)

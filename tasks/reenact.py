@@ -1,8 +1,11 @@
 """Reenactment of one driving video by one source face, in one pass over the driving video.
 
     networks = networks_for(config)                                     # G, A, the encoder and the Net3D, loaded once
-    source = prepare_source("photo.jpg", 0, config)                     # crop, W+ and face parameters
-    summary = reenact("driving.mp4", source, "out.mp4", config)         # source=None: self-reenactment
+    source = prepare_source("photo.jpg", 0, config, networks)           # crop, W+ and face parameters
+    summary = reenact("driving.mp4", source, "out.mp4", config, networks)   # source=None: self-reenactment
+
+The Prefect tasks at the bottom resolve the networks once from their config (`networks_for`, one set per process)
+and hand them to these plain functions.
 
 `reenact` decodes each driving frame once and passes it through stages that run at once in threads, joined by
 bounded queues (`tasks.stream.Pipeline`): decode, follow the face (`models.detect.track`: detector on key frames,
@@ -324,11 +327,10 @@ class DrivingTrack:
         return next(self.batches(1))[0][0]
 
 
-def prepare_driving(driving: str, config: ReenactConfig, store: ClipStore | None = None,
+def prepare_driving(driving: str, config: ReenactConfig, networks: ReenactNetworks, store: ClipStore | None = None,
                     cache: bool = False) -> DrivingTrack:
     """The whole driving track of a video file, or of a store clip (`clip:identity/video/clip`): the analysis
     stages of `reenact`, with their per-frame results kept (parameters, boxes, read flags)."""
-    networks = networks_for(config)
     if driving.startswith(CLIP_PREFIX):
         return _driving_from_store(_store_key(driving, store), store, networks, config, cache)
     path, info = _driving_video(driving)
@@ -416,35 +418,35 @@ def check_request(source: str | None, frame: int, mode: Mode) -> None:
         raise ReenactInputError(f"source frame must be 0 or more, got {frame}")
 
 
-def source_of_driving(driving: DrivingTrack, config: ReenactConfig) -> SourceFace:
+def source_of_driving(driving: DrivingTrack, networks: ReenactNetworks) -> SourceFace:
     """The paper's self-reenactment source: the driving clip's first frame, with the smoothed parameters of frame 0
     (so frame 0 of the output is the source's own reconstruction) and the store's W+ when it has one."""
     crop = driving.first_crop()
     stored = driving.inversion is not None
-    wplus = driving.inversion if stored else networks_for(config).invert(crop[None])[0]
+    wplus = driving.inversion if stored else networks.invert(crop[None])[0]
     return SourceFace(f"{driving.name} frame 0", crop, wplus, driving.params[0], from_store=stored)
 
 
 def prepare_inputs(driving: str, source: str | None, frame: int, mode: Mode, config: ReenactConfig,
-                   store: ClipStore | None = None, cache: bool = False) -> tuple[SourceFace, DrivingTrack]:
+                   networks: ReenactNetworks, store: ClipStore | None = None,
+                   cache: bool = False) -> tuple[SourceFace, DrivingTrack]:
     """The source face and the driving track of one reenactment. Cross mode reads the source first, so that a
     source without a face fails before the whole driving video is read; G is tuned on the source (`tune_steps`)
     last, once both inputs are known to be good."""
     check_request(source, frame, mode)
     if mode == "self":
-        driving_track = prepare_driving(driving, config, store, cache)
-        face = source_of_driving(driving_track, config)
+        driving_track = prepare_driving(driving, config, networks, store, cache)
+        face = source_of_driving(driving_track, networks)
     else:
-        face = prepare_source(source, frame, config, store, cache)
-        driving_track = prepare_driving(driving, config, store, cache)
-    return networks_for(config).tuned(face, config), driving_track
+        face = prepare_source(source, frame, config, networks, store, cache)
+        driving_track = prepare_driving(driving, config, networks, store, cache)
+    return networks.tuned(face, config), driving_track
 
 
-def prepare_source(source: str, frame: int, config: ReenactConfig, store: ClipStore | None = None,
-                   cache: bool = False) -> SourceFace:
+def prepare_source(source: str, frame: int, config: ReenactConfig, networks: ReenactNetworks,
+                   store: ClipStore | None = None, cache: bool = False) -> SourceFace:
     """The face of `source`: an image, frame `frame` of a video, or a store clip's frame (`clip:...`)."""
     check_request(source, frame, "cross")
-    networks = networks_for(config)
     if source.startswith(CLIP_PREFIX):
         return _source_from_store(_store_key(source, store), frame, store, networks)
     path = _readable(source, "source")
@@ -692,7 +694,8 @@ class RenderedVideo(BaseModel):
 
 
 def reenact(driving: str, source: SourceFace | None, output: str | Path, config: ReenactConfig,
-            store: ClipStore | None = None, cache: bool = False, threaded: bool = True) -> RenderedVideo:
+            networks: ReenactNetworks, store: ClipStore | None = None, cache: bool = False,
+            threaded: bool = True) -> RenderedVideo:
     """Reenact `driving` (a video file, or `clip:identity/video/clip` of `store`) with `source` (None: the paper's
     self-reenactment, the driving clip's first frame) into `output`: H.264 at the driving fps, its audio muxed.
 
@@ -703,7 +706,6 @@ def reenact(driving: str, source: SourceFace | None, output: str | Path, config:
     output = Path(output)
     if output.suffix.lower() != ".mp4":
         raise ReenactInputError(f"output must be an .mp4 file, got {output}")
-    networks = networks_for(config)
     stream = _open_driving(driving, networks, config, store, cache)
     rendering = _Rendering(source, stream, networks, config)
     stages = stream.stages + [Stage("generate", rendering.generate), Stage("compose", rendering.compose)]
@@ -834,13 +836,13 @@ def _read_image(path: Path) -> np.ndarray:
 def prepare_source_task(source: str, frame: int, config: ReenactConfig, store: str | None, cache: bool) -> SourceFace:
     """The source face, with G tuned on it when asked (`tune_steps`)."""
     networks = networks_for(config)
-    return networks.tuned(prepare_source(source, frame, config, _open_store(store, cache), cache), config)
+    return networks.tuned(prepare_source(source, frame, config, networks, _open_store(store, cache), cache), config)
 
 
 @task(name="reenact-stream", cache_policy=NO_CACHE)
 def reenact_task(driving: str, source: SourceFace | None, output: str, config: ReenactConfig, store: str | None,
                  cache: bool) -> RenderedVideo:
-    return reenact(driving, source, output, config, _open_store(store, cache), cache)
+    return reenact(driving, source, output, config, networks_for(config), _open_store(store, cache), cache)
 
 
 def _open_store(path: str | None, cache: bool) -> ClipStore | None:

@@ -50,19 +50,20 @@ def reenact_pair(pair: ReenactPair, out: Path, config: ReenactConfig, store: Cli
     record_path = video.with_suffix(".json")
     row = {**pair.model_dump(), "output": str(video), "config_hash": config.output_hash(), "error": None}
     try:
+        networks = networks_for(config)
         inputs = {"driving": _fingerprint(pair.driving, store),
                   "source": _fingerprint(pair.source, store) if pair.source else None,
                   "source_frame": pair.source_frame, "mode": pair.mode, "config_hash": row["config_hash"],
-                  "weights_sha256": networks_for(config).weights_sha256}
+                  "weights_sha256": networks.weights_sha256}
         done = _read_record(record_path)
         if video.is_file() and done is not None and done.inputs == inputs:
             row.update(frames=done.summary.frames, fps=done.summary.fps,
                        frames_without_face=done.summary.frames_without_face)
             return finish_row(row, "skipped", started)
         check_request(pair.source, pair.source_frame, pair.mode)
-        source = None if pair.mode == "self" else networks_for(config).tuned(
-            prepare_source(pair.source, pair.source_frame, config, store, cache), config)
-        summary = reenact(pair.driving, source, video, config, store, cache)
+        source = None if pair.mode == "self" else networks.tuned(
+            prepare_source(pair.source, pair.source_frame, config, networks, store, cache), config)
+        summary = reenact(pair.driving, source, video, config, networks, store, cache)
         with atomic_path(record_path) as partial:
             partial.write_text(DoneRecord(inputs=inputs, summary=summary).model_dump_json(indent=1))
         row.update(frames=summary.frames, fps=summary.fps, frames_without_face=summary.frames_without_face)

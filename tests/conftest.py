@@ -52,7 +52,7 @@ def demo_evaluation(demo_run, tmp_path_factory) -> Path:
         reenact=reenact, metrics=MetricsConfig(identity="dlib", weights_dir=weights, device="cpu", kid_subsets=10))
     evaluate(config=config)
     networks, store = networks_for(reenact), ClipStore.open(config.store, create=False)
-    source = prepare_source(f"clip:{store.clips()[0]}", 0, reenact, store)
+    source = prepare_source(f"clip:{store.clips()[0]}", 0, reenact, networks, store)
     started, frames = time.perf_counter(), 16
     for _ in range(frames):
         networks.generate(source, source.params[None])

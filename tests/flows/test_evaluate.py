@@ -178,7 +178,8 @@ def test_sample_grids_hold_the_source_the_driving_frame_and_the_result(run, worl
     store = ClipStore.open(world / "s.zarr", create=False)
     clip = store.clip(ClipKey.parse(row["driving"].removeprefix("clip:")))
     assert (driving_panel == clip.frames(row["frame"], row["frame"] + 1)[0]).all()
-    source, driving = prepare_inputs(row["driving"], row["source"], 0, "cross", config.reenact, store)
+    source, driving = prepare_inputs(row["driving"], row["source"], 0, "cross", config.reenact,
+                                     networks_for(config.reenact), store)
     assert (source_panel == source.crop).all()
     again = networks_for(config.reenact).generate(source, driving.params[[row["frame"]]])[0]
     assert (result_panel == again).all()  # the reenactment code's own frame, deterministic

@@ -73,7 +73,8 @@ def test_cross_reenactment_is_a_playable_mp4_at_the_drivers_rate_with_its_audio(
 
     # frame k of the file is G(truncate(w_source + A(Δp_k))), computed here by hand from the same inputs
     networks = networks_for(config)
-    face, track = prepare_inputs(str(clips["whole"]), str(PHOTOS / "obama.jpg"), 0, "cross", config)
+    face, track = prepare_inputs(str(clips["whole"]), str(PHOTOS / "obama.jpg"), 0, "cross", config,
+                                 networks_for(config))
     reenactor = networks.reenactor
     wplus = torch.as_tensor(face.wplus[None])
     delta = reenactor.delta_p(torch.as_tensor(face.params[None]), torch.as_tensor(track.params[[0, 9]]))
@@ -142,14 +143,14 @@ def test_face_less_stretches_keep_the_last_good_parameters_and_are_recorded(clip
     assert summary.frames == FRAMES and summary.frames_without_face == 4
     assert summary.stretches_without_face == [(4, 8)]
     assert probe(tmp_path / "gap.mp4").frames == FRAMES
-    track = prepare_driving(str(clips["gap"]), config.model_copy(update={"smoothing": 0.0}))
+    track = prepare_driving(str(clips["gap"]), config.model_copy(update={"smoothing": 0.0}), networks_for(config))
     assert not track.read[4:8].any() and track.read[:4].all() and track.read[8:].all()
     assert np.array_equal(track.params[4:8], np.repeat(track.params[3:4], 4, axis=0))
 
 
 def test_smoothing_removes_frame_to_frame_jitter_of_the_parameters(clips, config):
-    raw = prepare_driving(str(clips["whole"]), config.model_copy(update={"smoothing": 0.0})).params
-    smooth = prepare_driving(str(clips["whole"]), config.model_copy(update={"smoothing": 2.0})).params
+    raw = prepare_driving(str(clips["whole"]), config.model_copy(update={"smoothing": 0.0}), networks_for(config)).params
+    smooth = prepare_driving(str(clips["whole"]), config.model_copy(update={"smoothing": 2.0}), networks_for(config)).params
     jitter = lambda params: np.abs(np.diff(params, 2, axis=0)).mean()  # noqa: E731 (second differences)
     assert jitter(smooth) < 0.5 * jitter(raw)
 
@@ -236,8 +237,8 @@ def _stage_threads() -> list[threading.Thread]:
 
 
 def test_the_summary_reports_every_stage_and_the_first_frame(clips, demo_config, tmp_path):
-    face = prepare_source(str(PHOTOS / "obama.jpg"), 0, demo_config)
-    summary = reenact(str(clips["whole"]), face, tmp_path / "s.mp4", demo_config)
+    face = prepare_source(str(PHOTOS / "obama.jpg"), 0, demo_config, networks_for(demo_config))
+    summary = reenact(str(clips["whole"]), face, tmp_path / "s.mp4", demo_config, networks_for(demo_config))
     assert list(summary.stage_seconds) == ["decode", "follow faces", "crop boxes", "crop", "read faces",
                                               "parameters", "generate", "compose", "encode"]
     assert all(seconds >= 0 for seconds in summary.stage_seconds.values())
@@ -252,12 +253,12 @@ def test_a_hard_cut_in_the_driving_video_re_detects_the_face(demo_config, tmp_pa
     first = decode(DEMO_CLIP)[:12]
     second = decode(DEMO_VIDEOS / "id00003" / "biden000001" / "00001.mp4")[:12]  # another person, framed otherwise
     driving = write_clip(tmp_path / "cut.mp4", np.concatenate([first, second]))
-    face = prepare_source(str(PHOTOS / "obama.jpg"), 0, demo_config)
-    summary = reenact(str(driving), face, tmp_path / "cut-out.mp4", demo_config)
+    face = prepare_source(str(PHOTOS / "obama.jpg"), 0, demo_config, networks_for(demo_config))
+    summary = reenact(str(driving), face, tmp_path / "cut-out.mp4", demo_config, networks_for(demo_config))
     assert summary.detections["cut"] == 1 and summary.frames_without_face == 0
     # the crops follow the new face from the cut on: the driving panel of the grid shows a face, not the background
-    track = prepare_driving(str(driving), demo_config.model_copy(update={"detect_every": 1}))
-    followed = prepare_driving(str(driving), demo_config)
+    track = prepare_driving(str(driving), demo_config.model_copy(update={"detect_every": 1}), networks_for(demo_config))
+    followed = prepare_driving(str(driving), demo_config, networks_for(demo_config))
     centres = lambda boxes: (boxes[:, :2] + boxes[:, 2:]) / 2  # noqa: E731
     sides = track.boxes[:, 2] - track.boxes[:, 0]
     assert (np.linalg.norm(centres(followed.boxes) - centres(track.boxes), axis=1) < 0.05 * sides).all()
@@ -282,7 +283,7 @@ def test_a_failure_in_any_stage_stops_the_stream_cleanly(clips, demo_config, tmp
     from storage.video import VideoError, VideoWriter
 
     networks = networks_for(demo_config)
-    face = prepare_source(str(PHOTOS / "obama.jpg"), 0, demo_config)
+    face = prepare_source(str(PHOTOS / "obama.jpg"), 0, demo_config, networks_for(demo_config))
     injected = RuntimeError(f"{stage} failed (injected)")
     if stage == "decode":
         real_decoded = tasks.reenact.decoded
@@ -307,6 +308,6 @@ def test_a_failure_in_any_stage_stops_the_stream_cleanly(clips, demo_config, tmp
         monkeypatch.setattr(VideoWriter, "write", _fails_on(5, VideoWriter.write, injected))
     output = tmp_path / "out" / "never.mp4"
     with pytest.raises(type(injected), match="injected"):
-        reenact(str(clips["whole"]), face, output, demo_config)
+        reenact(str(clips["whole"]), face, output, demo_config, networks_for(demo_config))
     assert not _stage_threads()  # every stage's thread has ended
     assert not output.parent.exists() or list(output.parent.iterdir()) == []  # no file, no partial file

@@ -134,7 +134,7 @@ def test_reenactment_computes_the_sources_detail_once_and_draws_the_same_frames(
     """generate() keeps the transformer's per-source part between batches; the frames equal the uncached render."""
     config = ReenactConfig(weights="demo", device="cpu")
     networks = networks_for(config)
-    source = networks.tuned(prepare_source(str(DEMO_PHOTO), 0, config), config)
+    source = networks.tuned(prepare_source(str(DEMO_PHOTO), 0, config, networks), config)
     driving = np.stack([source.params] * 3)
     driving[:, 0] += np.array([-10.0, 0.0, 10.0], np.float32)
     first = networks.generate(source, driving)
