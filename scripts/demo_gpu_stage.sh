@@ -7,8 +7,8 @@
 # Expects, in the checkout: .whl/ (the wheels for Python 3.12 of pydantic, pydantic_core, annotated_types,
 # typing_inspection, typing_extensions, zarr, numcodecs, donfig, google_crc32c) and, from earlier sessions, the
 # packed runs in .gpu-carry/ (*.tar.partNN; none for the first). Writes into $OUT (default: ./gpu-out): the stage's
-# packed run (parts of at most 15 MiB: copy them into .gpu-carry/ for the next session; a finished stage packs
-# without its checkpoints, a few MB), provenance.json, the last sample grid and the log. The world is rendered
+# packed run (parts of at most 15 MiB, its latest checkpoint in fp16: copy them into .gpu-carry/ for the next
+# session, where an unfinished stage continues and a finished one can train longer), provenance.json, the last sample grid and the log. The world is rendered
 # again from its seed on every fresh machine (one process per core); the stages after the encoder encode it again
 # (the unpacked encoder run installs G and the encoder). Stages in order: generator (many sessions), encoder,
 # directions, feature-transformer; then, on a machine with the full environment, `python -m training.demo_recipe
