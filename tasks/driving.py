@@ -93,17 +93,9 @@ def crop_boxes(frames: Iterable[DrivingFrame], sigma: float) -> Iterator[Driving
     none, as preprocessing fills), smoothed over time by preprocessing's centred Gaussian. Looks ahead 4 sigma."""
     held = HeldItems(HELD_IN_MEMORY)
     outlines: deque[np.ndarray] = deque()  # filled landmarks, in order, of the frames not yet given out
-    seen = 0
-
-    def landmarks() -> Iterator[np.ndarray | None]:
-        nonlocal seen
-        for frame in frames:
-            held.push(frame)
-            seen += 1
-            yield frame.landmarks
 
     def states() -> Iterator[np.ndarray]:
-        for filled, _ in fill_gaps_stream(landmarks(), "nearest"):
+        for filled, _ in fill_gaps_stream(held.through(frames, lambda frame: frame.landmarks), "nearest"):
             outlines.append(filled)
             yield align.box_state(align.crop_box(filled))
 
@@ -114,7 +106,7 @@ def crop_boxes(frames: Iterable[DrivingFrame], sigma: float) -> Iterator[Driving
             frame.box = align.box_from_state(state)
             yield frame
     except NothingToFill:
-        raise NoFaceError(f"no face detected in any of {seen} frames") from None
+        raise NoFaceError(f"no face detected in any of {held.pushed} frames") from None
     finally:
         held.close()
 
@@ -145,23 +137,15 @@ def smooth_parameters(frames: Iterable[DrivingFrame], sigma: float) -> Iterator[
     """What drives A: each frame's reading, or the last good one where the face was not read (the first good one
     before it), smoothed over time by a centred Gaussian. Looks ahead 4 sigma."""
     held = HeldItems(HELD_IN_MEMORY)
-    seen = 0
-
-    def readings() -> Iterator[np.ndarray | None]:
-        nonlocal seen
-        for frame in frames:
-            held.push(frame)
-            seen += 1
-            yield frame.raw if frame.read else None
-
+    readings = held.through(frames, lambda frame: frame.raw if frame.read else None)
     try:
-        filled = (value for value, _ in fill_gaps_stream(readings(), "last"))
+        filled = (value for value, _ in fill_gaps_stream(readings, "last"))
         for params in gaussian_smooth_stream(filled, sigma):
             frame = held.pop()
             frame.params = params.astype(np.float32)
             yield frame
     except NothingToFill:
-        raise NoReadableFaceError(f"no frame of {seen} has a face the Net3D could read") from None
+        raise NoReadableFaceError(f"no frame of {held.pushed} has a face the Net3D could read") from None
     finally:
         held.close()
 

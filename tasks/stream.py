@@ -200,11 +200,13 @@ class HeldItems:
         self._on_disk = 0
         self._read_at = 0
         self._write_at = 0
+        self.pushed = 0  # items held so far, in all
 
     def __len__(self) -> int:
         return len(self._memory) + self._on_disk
 
     def push(self, item: Any) -> None:
+        self.pushed += 1
         if self._on_disk == 0 and len(self._memory) < self.in_memory:
             self._memory.append(item)
             return
@@ -227,6 +229,13 @@ class HeldItems:
                 self._read_at = self._write_at = 0
             return item
         return self._memory.popleft()
+
+    def through(self, items: Iterable[Any], value: Callable[[Any], Any]) -> Iterator[Any]:
+        """`value(item)` of each item, the item held as it passes (a look-ahead filter reads the values; the
+        caller pops the items as the filter gives out its results)."""
+        for item in items:
+            self.push(item)
+            yield value(item)
 
     def close(self) -> None:
         if self._file is not None:
