@@ -116,6 +116,7 @@ def generator_sweep(config, batch_sizes: list[int], repeats: int, refine: bool =
     import torch
 
     from models.feature_transformer import FeatureTransformer
+    from models.precision import autocast
     from models.reenact import Reenactor
     from tasks.reenact import networks_for
 
@@ -135,7 +136,7 @@ def generator_sweep(config, batch_sizes: list[int], repeats: int, refine: bool =
         source = torch.zeros(1, 15, device=device)
         driving = torch.randn(batch, 15, device=device)
         times = []
-        with torch.inference_mode(), networks._autocast():
+        with torch.inference_mode(), autocast(config.precision, networks.device):
             # as reenactment runs it: the transformer's per-source part once, not per batch
             detail = reenactor.source_detail(wplus, image) if refine else None
             for attempt in range(repeats + 1):

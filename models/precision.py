@@ -12,6 +12,7 @@ hand in fp32 and cast the result back when they need fp32. Where a dtype is wort
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Literal
 
 import torch
@@ -36,6 +37,14 @@ def cast_networks(precision: str, *networks: nn.Module | None) -> None:
     for network in networks:
         if network is not None:
             network.to(dtype)
+
+
+def autocast(precision: str, device: torch.device) -> AbstractContextManager:
+    """Autocast to `precision`'s dtype on CUDA, for the networks that keep fp32 weights (the encoder, the Net3D);
+    nothing on a CPU or for fp32."""
+    if device.type != "cuda" or precision == "fp32":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=dtype_of(precision))
 
 
 def network_dtype(network: nn.Module) -> torch.dtype:

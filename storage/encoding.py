@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 import traceback
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from datetime import datetime, UTC
 from pathlib import Path
 from typing import Literal
@@ -37,6 +37,7 @@ from models import MissingWeightsError
 from models.directions import ParamRanges
 from models.face3d import code_layout
 from models.images import to_signed
+from models.precision import Precision, autocast
 from storage.files import atomic_path
 from storage.manifest import finish_row
 from storage.networks import face3d_backend
@@ -50,8 +51,6 @@ ENCODE_VERSION = 1  # bump when the arrays this code writes change for the same 
 FACE3D, INVERSION = "face3d", "inversion"
 STAGES = (FACE3D, INVERSION)
 Stage = Literal["face3d", "inversion"]
-Precision = Literal["fp32", "bf16", "fp16"]
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class EncodeConfig(BaseModel):
@@ -102,9 +101,7 @@ class Encoders:
     def invert(self, crops: np.ndarray) -> np.ndarray:
         """uint8 [B, 256, 256, 3] crops -> float16 W+ [B, L, 512]."""
         images = to_signed(crops, self.device)
-        autocast = (torch.autocast("cuda", dtype=_AUTOCAST[self.config.precision])
-                    if self.device.type == "cuda" and self.config.precision in _AUTOCAST else nullcontext())
-        with autocast:
+        with autocast(self.config.precision, self.device):
             wplus = self.encoder(images)
         return wplus.float().cpu().numpy().astype(np.float16)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from storage.encoding import (_AUTOCAST, ENCODE_VERSION, FACE3D, INVERSION, STAGES, EncodeConfig, Encoders,  # noqa: F401
-                              Precision, Stage, encode_clip, encoders_for, measure_ranges, ranges_path)
+from storage.encoding import (ENCODE_VERSION, FACE3D, INVERSION, STAGES, EncodeConfig, Encoders,  # noqa: F401
+                              Stage, encode_clip, encoders_for, measure_ranges, ranges_path)
 from storage.store import ClipKey, ClipStore
 
 

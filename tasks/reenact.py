@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 import weakref
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -51,6 +51,7 @@ from models.detect.base import search_scales
 from models.detect.track import FaceTracker
 from models.directions import NUM_PARAMS, SHIFT_SCALE, ParamRanges
 from models.images import FRAME_SIZE, resize_to, to_pixels, to_signed
+from models.precision import Precision, autocast
 from models.reenact import Reenactor, RenderPath
 from models.stylegan2 import Generator
 from models.temporal import false_runs, gaussian_smooth, last_true
@@ -61,7 +62,7 @@ from storage.weights import (AUTO_SET, WEIGHT_FILES, WeightsRegistry, choose_set
                              resolve_weights_dir)
 from tasks.driving import (ANALYSIS_BATCH, DrivingFrame, NoReadableFaceError, analysis_stages, batches, decoded,
                            read_faces, smooth_parameters)
-from tasks.encode import _AUTOCAST, FACE3D, INVERSION, EncodeConfig, Precision, encode_clip, encoders_for
+from tasks.encode import FACE3D, INVERSION, EncodeConfig, encode_clip, encoders_for
 from tasks.preprocess import NoFaceError, PreprocessConfig, decode_batch_size, detector_for, preprocess_clip
 from tasks.progress import progress
 from tasks.stream import Pipeline, Stage
@@ -193,11 +194,6 @@ class ReenactNetworks:
                                           "--tune-lpips-weight 0.") from None
         return self._perceptual
 
-    def _autocast(self):
-        precision = self.config.precision
-        return (torch.autocast("cuda", dtype=_AUTOCAST[precision])
-                if self.device.type == "cuda" and precision in _AUTOCAST else nullcontext())
-
     @torch.no_grad()
     def generate(self, source: SourceFace, driving_params: np.ndarray) -> np.ndarray:
         """uint8 [B, 256, 256, 3]: the source with each row of driving parameters [B, 15]."""
@@ -208,7 +204,7 @@ class ReenactNetworks:
         if self.reenactor.transformer is not None:
             image, detail = self._refinement_of(source, wplus)
             refinement = {"source_image": image, "source_detail": detail}
-        with self._autocast():
+        with autocast(self.config.precision, self.device):
             images = self.reenactor(wplus, params, driving, generator=source.generator, **refinement)
         return to_pixels(resize_to(images.float(), CROP_SIZE))  # a small G (the demo's 64 px) fills the crop
 
@@ -219,7 +215,7 @@ class ReenactNetworks:
         if cached is not None and cached[0]() is source:
             return cached[1], cached[2]
         image = self._at_generator_size(source.crop)
-        with self._autocast():
+        with autocast(self.config.precision, self.device):
             detail = self.reenactor.source_detail(wplus, image, source.generator)
         self._refinement = (weakref.ref(source), image, detail)
         return image, detail
