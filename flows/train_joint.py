@@ -12,9 +12,9 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.summary import publish
+from storage.files import copy_whole
 from storage.weights import WEIGHT_FILES
 from training.common.loop import TrainingSummary, run_stage
-from training.demo_recipe import copy_whole
 from training.joint import JointTrainingConfig, exports_of
 from training.joint import train_joint as run_joint_training
 

@@ -7,6 +7,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -37,6 +38,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def copy_whole(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """`source` copied to `target` (its folder made), which appears whole or not at all."""
+    with atomic_path(target) as partial:
+        shutil.copyfile(source, partial)
+    return Path(target)
 
 
 # --- locks and leases: several processes (or machines on one shared disk) writing one store -------------------------

@@ -47,7 +47,6 @@ import io
 import json
 import os
 import platform
-import shutil
 import sys
 import tarfile
 import time
@@ -67,7 +66,7 @@ from models.synth.render import project, render
 from models.synth.world import FPS, ClipPlan, SynthConfig, plan_world, truth_columns
 from storage.checkpoints import load_safetensors, save_safetensors
 from storage.encoding import EncodeConfig, encode_clip, measure_ranges
-from storage.files import atomic_path, sha256_file
+from storage.files import atomic_path, copy_whole, sha256_file
 from storage.settings import PROJECT_ROOT
 from storage.store import ClipKey, ClipStore
 from storage.weights import BUNDLED_DIR, WEIGHT_FILES, WEIGHT_SETS
@@ -326,14 +325,6 @@ def encode_world(work: Work, batch_size: int = 32) -> dict[str, Any]:
     path, _ = measure_ranges(store, config.face3d)
     return {"clips": len(rows), "encoded": sum(row["status"] == "ok" for row in rows), "ranges": str(path),
             "seconds": round(time.perf_counter() - started, 1)}
-
-
-def copy_whole(source: Path, target: Path) -> Path:
-    """`source` copied to `target`, which appears whole or not at all."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as partial:
-        shutil.copyfile(source, partial)
-    return target
 
 
 # ------------------------------------------------------------------------------------------------ provenance
