@@ -74,7 +74,7 @@ def reenact_dataset(
     chosen = chosen[:limit] if limit is not None else chosen
     if not chosen:
         raise ValueError(f"no pairs to reenact ({pairs or f'the {protocol} protocol over {store}'})")
-    networks_for(config)  # fail fast on a setup problem before any pair
+    check(config)  # fail fast on a setup problem before any pair
     logger = get_run_logger()
     out_dir = Path(out)
     pairs_file = write_pairs(chosen, out_dir / PAIRS)

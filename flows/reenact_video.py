@@ -71,8 +71,7 @@ def reenact_video(
     """
     started, wall = time.perf_counter(), time.time()
     logger = get_run_logger()
-    check_request(source, source_frame, mode)
-    networks_for(config)  # fail fast on a setup problem (unknown set, missing weights) before decoding anything
+    check(source, source_frame, mode, config)  # fail fast on a setup problem before decoding anything
     face = prepare_source_task(source, source_frame, config, store, cache) if mode == "cross" else None
     summary = ReenactSummary.of(reenact_task(driving, face, output, config, store, cache), started, wall)
     stages = [{"stage": name, "seconds": round(seconds, 2),
